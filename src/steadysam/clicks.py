@@ -1,0 +1,229 @@
+"""Click simulators for interactive-segmentation evaluation and training.
+
+Two rules are implemented (see docs/eval.md and design/eval-protocol.md §2.1, focsam-spec §5.1):
+
+``ritm``
+    RITM/isegm ``Clicker._get_next_click``: error maps (ignore pixels removed) are zero-padded by
+    one pixel, exact Euclidean distance transform, distances of already-clicked pixels zeroed
+    *after* the transform, positive iff the farthest false-negative distance is strictly larger
+    than the farthest false-positive distance (ties -> negative), location = first maximum in
+    raster (row-major) order. Deterministic.
+``focsam``
+    FocSAM ``fast_generate_single_click``: clicked pixels removed from the error maps *before* the
+    transform, same padding / sign rule, no ignore label, location drawn uniformly at random among
+    pixels with ``DT > max / (inner_k + 1.19e-7)`` (``inner_k`` 1.0 at test = the maxima, 1.7 in
+    training; a negative ``inner_k`` means the whole error region).
+
+Everything is numpy + OpenCV. Masks are ``H x W`` arrays (bool or 0/1); clicks are
+``Click(x, y, positive)`` in original image pixels (x = column, y = row).
+
+The distance transform is computed on the bounding box of the error map plus one pixel: the
+one-pixel ring around the box is all background (image padding or non-error pixels), and the
+projection of any farther background pixel onto that ring is at least as close, so the exact
+Euclidean DT inside the box is identical to the full-image one - at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "Click",
+    "Clicker",
+    "FLOAT32_EPS",
+    "RULES",
+    "next_click",
+    "padded_distance_transform",
+]
+
+RULES = ("ritm", "focsam")
+# torch.finfo(torch.float).eps, the constant the FocSAM code adds to inner_k.
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
+
+Rng = np.random.Generator | random.Random
+
+
+class Click(NamedTuple):
+    """One simulated click in original image pixels (x = column, y = row)."""
+
+    x: int
+    y: int
+    positive: bool
+
+
+def _as_bool(mask: np.ndarray, name: str) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D H x W mask, got shape {mask.shape}")
+    return mask if mask.dtype == bool else mask.astype(bool)
+
+
+def _cropped_dt(mask: np.ndarray) -> tuple[np.ndarray | None, int, int]:
+    """Padded exact Euclidean DT of ``mask`` (H x W bool) restricted to its bounding box.
+
+    Returns ``(dt, y0, x0)`` where ``dt`` (h x w float32) covers rows ``y0:y0+h`` and columns
+    ``x0:x0+w``; ``dt`` is None when the mask is empty (every distance is 0).
+    """
+    u8 = mask.view(np.uint8)
+    x0, y0, w, h = cv2.boundingRect(u8)
+    if w == 0 or h == 0:
+        return None, 0, 0
+    crop = cv2.copyMakeBorder(u8[y0 : y0 + h, x0 : x0 + w], 1, 1, 1, 1, cv2.BORDER_CONSTANT, 0)
+    dt = cv2.distanceTransform(crop, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return dt[1:-1, 1:-1], y0, x0
+
+
+def padded_distance_transform(mask: np.ndarray) -> np.ndarray:
+    """Full-size H x W float32 DT of a binary mask zero-padded by one pixel (reference helper)."""
+    mask = _as_bool(mask, "mask")
+    out = np.zeros(mask.shape, np.float32)
+    dt, y0, x0 = _cropped_dt(np.ascontiguousarray(mask))
+    if dt is not None:
+        out[y0 : y0 + dt.shape[0], x0 : x0 + dt.shape[1]] = dt
+    return out
+
+
+def _zero_clicked(dt: np.ndarray, y0: int, x0: int, clicks: Iterable[Click]) -> None:
+    h, w = dt.shape
+    for c in clicks:
+        yy, xx = c.y - y0, c.x - x0
+        if 0 <= yy < h and 0 <= xx < w:
+            dt[yy, xx] = 0.0
+
+
+def _max(dt: np.ndarray | None) -> np.float32:
+    return np.float32(0.0) if dt is None else dt.max()
+
+
+def _choose(dt: np.ndarray, dmax: np.float32, inner_k: float, rng: Rng) -> tuple[int, int]:
+    """FocSAM candidate set and uniform draw; returns (row, col) inside ``dt``."""
+    if inner_k >= 1.0:
+        # float32 product, as torch computes `dist_scale * ndmax` on a float32 tensor.
+        thr = np.float32(1.0 / (inner_k + FLOAT32_EPS)) * dmax
+    elif inner_k < 0.0:
+        thr = np.float32(0.0)
+    else:
+        raise ValueError(f"inner_k must be >= 1 or < 0, got {inner_k}")
+    rows, cols = np.nonzero(dt > thr)  # row-major, like torch.nonzero
+    n = len(rows)
+    i = rng.randrange(n) if isinstance(rng, random.Random) else int(rng.integers(n))
+    return int(rows[i]), int(cols[i])
+
+
+def next_click(
+    gt: np.ndarray,
+    pred: np.ndarray,
+    clicks: Sequence[Click] = (),
+    *,
+    rule: str = "ritm",
+    ignore: np.ndarray | None = None,
+    inner_k: float = 1.0,
+    rng: Rng | None = None,
+) -> Click | None:
+    """Simulate the next corrective click.
+
+    Args:
+        gt: H x W ground-truth object mask (bool or 0/1).
+        pred: H x W current binary prediction (all False before the first click).
+        clicks: clicks already made on this object (their pixels are never clicked again).
+        rule: ``"ritm"`` (deterministic) or ``"focsam"`` (random tie-break).
+        ignore: optional H x W mask of pixels that count neither as error nor for IoU (``ritm``
+            only; the ``focsam`` rule has no ignore label and rejects one).
+        inner_k: FocSAM candidate-region factor (1.0 at test, 1.7 in training).
+        rng: ``numpy.random.Generator`` or ``random.Random`` for the ``focsam`` draw; a fresh
+            ``default_rng(0)`` when None, so results are always reproducible.
+
+    Returns:
+        The new ``Click`` or None when no error pixel is left (the caller keeps its prompts).
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown click rule {rule!r}; expected one of {RULES}")
+    gt = _as_bool(gt, "gt")
+    pred = _as_bool(pred, "pred")
+    if gt.shape != pred.shape:
+        raise ValueError(f"gt {gt.shape} and pred {pred.shape} differ in shape")
+    fn = gt & ~pred
+    fp = pred & ~gt
+    if ignore is not None:
+        if rule == "focsam":
+            raise ValueError("the focsam rule has no ignore label; merge ignore into background")
+        valid = ~_as_bool(ignore, "ignore")
+        if valid.shape != gt.shape:
+            raise ValueError(f"ignore {valid.shape} and gt {gt.shape} differ in shape")
+        fn &= valid
+        fp &= valid
+
+    if rule == "focsam":
+        for c in clicks:
+            fn[c.y, c.x] = False
+            fp[c.y, c.x] = False
+    fn_dt, fn_y0, fn_x0 = _cropped_dt(fn)
+    fp_dt, fp_y0, fp_x0 = _cropped_dt(fp)
+    if rule == "ritm":
+        # RITM multiplies the DT by its not-clicked map after the transform.
+        if fn_dt is not None:
+            _zero_clicked(fn_dt, fn_y0, fn_x0, clicks)
+        if fp_dt is not None:
+            _zero_clicked(fp_dt, fp_y0, fp_x0, clicks)
+    fn_max, fp_max = _max(fn_dt), _max(fp_dt)
+    if fn_max == 0 and fp_max == 0:
+        return None
+    positive = bool(fn_max > fp_max)  # strict: ties go negative in both codebases
+    dt, y0, x0, dmax = (fn_dt, fn_y0, fn_x0, fn_max) if positive else (fp_dt, fp_y0, fp_x0, fp_max)
+    assert dt is not None
+    if rule == "ritm":
+        # argmax returns the first maximum in row-major order; the crop keeps that order.
+        r, c = divmod(int(np.argmax(dt)), dt.shape[1])
+    else:
+        r, c = _choose(dt, dmax, inner_k, rng if rng is not None else np.random.default_rng(0))
+    return Click(x=x0 + c, y=y0 + r, positive=positive)
+
+
+class Clicker:
+    """Stateful click simulator for one object: keeps its clicks and applies ``next_click``.
+
+    Args:
+        gt: H x W ground-truth object mask.
+        rule, ignore, inner_k, rng: as in :func:`next_click`.
+    """
+
+    def __init__(
+        self,
+        gt: np.ndarray,
+        *,
+        rule: str = "ritm",
+        ignore: np.ndarray | None = None,
+        inner_k: float = 1.0,
+        rng: Rng | None = None,
+    ) -> None:
+        if rule not in RULES:
+            raise ValueError(f"unknown click rule {rule!r}; expected one of {RULES}")
+        self.gt = _as_bool(gt, "gt")
+        self.ignore = None if ignore is None else _as_bool(ignore, "ignore")
+        self.rule = rule
+        self.inner_k = inner_k
+        self.rng: Rng = rng if rng is not None else np.random.default_rng(0)
+        self.clicks: list[Click] = []
+
+    def make_next_click(self, pred: np.ndarray) -> Click | None:
+        """Simulate, record and return the next click for H x W ``pred`` (None: no error left)."""
+        click = next_click(
+            self.gt,
+            pred,
+            self.clicks,
+            rule=self.rule,
+            ignore=self.ignore,
+            inner_k=self.inner_k,
+            rng=self.rng,
+        )
+        if click is not None:
+            self.clicks.append(click)
+        return click
+
+    def __len__(self) -> int:
+        return len(self.clicks)

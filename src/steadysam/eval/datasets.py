@@ -1,0 +1,436 @@
+"""Evaluation datasets: one image unit = one image file + the object masks drawn on it.
+
+Every loader returns a :class:`Dataset` whose items group the objects of one image, so the
+runner computes each embedding once for all of the image's objects (identical image files, such
+as COCO-MVal's repeated COCO images or Berkeley's 189011a/b, are merged by content). Masks are
+decoded lazily; a decoded object is an :class:`ObjectGT` with a boolean ``gt`` and an optional
+boolean ``ignore`` map (RITM convention; the FocSAM protocol treats ignore as background).
+
+Where to get the data (layouts accepted, encodings) is documented per loader and in
+docs/eval.md. ``load_dataset(name, root)`` resolves ``root`` itself or a conventional
+sub-folder of it (``root/GrabCut``, ...); without a root it looks under ``$STEADYSAM_DATA`` or
+``./data``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class DatasetError(ValueError):
+    """The dataset as a whole cannot be used (wrong root, unknown name, missing dependency)."""
+
+
+class SampleError(Exception):
+    """One sample is unusable (missing/unreadable file, size mismatch, empty mask)."""
+
+
+@dataclass
+class ObjectGT:
+    """One evaluation sample's ground truth. ``gt``/``ignore``: H x W bool (``ignore`` optional)."""
+
+    id: str
+    gt: np.ndarray
+    ignore: np.ndarray | None = None
+
+
+Decoder = Callable[[Path, str], list[ObjectGT]]
+
+
+@dataclass
+class MaskSource:
+    """A mask file. ``multi``: instance-id mask giving one sample per id (``<id>#<k>``)."""
+
+    id: str
+    path: Path | None
+    decode: Decoder
+    multi: bool = False
+
+    def load(self) -> list[ObjectGT]:
+        if self.path is None:
+            raise SampleError(f"no mask file for sample {self.id!r}")
+        objs = self.decode(self.path, self.id)
+        for o in objs:
+            if not o.gt.any():
+                raise SampleError(f"empty mask (no object pixel) in {self.path}")
+        return objs
+
+
+@dataclass
+class ImageItem:
+    """One image and its mask sources; ``key`` is stable and unique within the dataset."""
+
+    key: str
+    image_path: Path | None
+    masks: list[MaskSource]
+
+    def load_image(self) -> np.ndarray:
+        """H x W x 3 uint8 RGB (grayscale files are expanded, as cv2.imread does for RITM)."""
+        if self.image_path is None:
+            raise SampleError(f"no image file for {self.key!r}")
+        return read_image(self.image_path)
+
+
+@dataclass
+class Dataset:
+    name: str
+    root: Path
+    items: list[ImageItem] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def num_known_samples(self) -> int | None:
+        """Number of samples if no item holds an instance-id mask, else None."""
+        srcs = [s for it in self.items for s in it.masks]
+        return None if any(s.multi for s in srcs) else len(srcs)
+
+
+def read_image(path: Path) -> np.ndarray:
+    # imdecode(fromfile) copes with any path (spaces, non-ASCII) and grayscale files.
+    try:
+        buf = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as e:
+        raise SampleError(f"cannot read image {path}: {e}") from e
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+    if img is None:
+        raise SampleError(f"cannot decode image {path} (corrupt or unsupported format)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: Path) -> tuple[np.ndarray, str]:
+    """Raw mask values and PIL mode: palette files give indices, RGB files an H x W x 3 array."""
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            if mode in ("1", "LA"):
+                im = im.convert("L")
+            elif mode not in ("P", "L", "I", "I;16", "RGB"):
+                im = im.convert("RGB")
+            arr = np.array(im)
+    except (OSError, ValueError) as e:
+        raise SampleError(f"cannot read mask {path}: {e}") from e
+    return arr, mode
+
+
+def _channel(arr: np.ndarray, bgr_index: int) -> np.ndarray:
+    # RITM reads masks with cv2 (BGR) and takes channel 0 = blue = PIL channel 2.
+    return arr if arr.ndim == 2 else arr[..., 2 - bgr_index]
+
+
+def decode_ritm_band(path: Path, sid: str) -> list[ObjectGT]:
+    """GrabCut/Berkeley (RITM GrabCutDataset): channel 0, ==128 ignore, >128 object."""
+    m = _channel(read_mask(path)[0], 0)
+    return [ObjectGT(sid, m > 128, m == 128)]
+
+
+def decode_any_nonzero(path: Path, sid: str) -> list[ObjectGT]:
+    """DAVIS/COCO-MVal (RITM DavisDataset): every id/colour > 0 is the one object, no ignore."""
+    arr, _ = read_mask(path)
+    return [ObjectGT(sid, (arr if arr.ndim == 2 else arr.max(axis=2)) > 0)]
+
+
+def decode_eq255(path: Path, sid: str) -> list[ObjectGT]:
+    """MVTec/COD10K (FocSAM loaders): grey value 255 is the object, anything else background."""
+    arr, _ = read_mask(path)
+    m = arr if arr.ndim == 2 else arr.max(axis=2)
+    return [ObjectGT(sid, m == 255)]
+
+
+def instances_from_ids(ids: np.ndarray, sid: str, void: int | None = 255) -> list[ObjectGT]:
+    """One sample per id > 0 (``<sid>#<id>``); ``void`` pixels form every sample's ignore map."""
+    ignore = (ids == void) if void is not None else None
+    if ignore is not None and not ignore.any():
+        ignore = None
+    labels = [int(v) for v in np.unique(ids) if v != 0 and v != void]
+    return [ObjectGT(f"{sid}#{k}", ids == k, ignore) for k in labels]
+
+
+def decode_instances(path: Path, sid: str) -> list[ObjectGT]:
+    """PASCAL VOC SegmentationObject: palette ids 1..254, 255 = void (ignore)."""
+    arr, _ = read_mask(path)
+    return instances_from_ids(arr if arr.ndim == 2 else _rgb_ids(arr), sid)
+
+
+def _rgb_ids(arr: np.ndarray) -> np.ndarray:
+    a = arr.astype(np.int64)
+    return a[..., 0] + 256 * a[..., 1] + 65536 * a[..., 2]
+
+
+def decode_folder(path: Path, sid: str) -> list[ObjectGT]:
+    """Generic masks: binary -> one sample; instance ids -> one sample per id.
+
+    Palette or colour-coded masks and grey masks whose non-zero values are all < 128 (or 255
+    for void) are instance maps; otherwise the mask is binary with object = value > 127
+    (value > 0 for 0/1 masks).
+    """
+    arr, mode = read_mask(path)
+    if arr.ndim == 3:
+        if (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all():
+            arr = arr[..., 0]
+        else:
+            return instances_from_ids(_rgb_ids(arr), sid, void=None)
+    vals = np.unique(arr)
+    nz = vals[vals != 0]
+    if mode == "P" or (len(nz) > 1 and nz[nz != 255].max(initial=0) < 128):
+        return instances_from_ids(arr, sid)
+    if nz.size and nz.max() == 1:
+        return [ObjectGT(sid, arr > 0)]
+    return [ObjectGT(sid, arr > 127)]
+
+
+def _decode_sbd(path: Path, sid: str) -> list[ObjectGT]:
+    """SBD ``inst/<id>.mat``: ``GTinst.Segmentation`` instance map, one sample per id > 0."""
+    try:
+        from scipy.io import loadmat
+    except ImportError as e:
+        raise DatasetError("the SBD loader needs scipy: pip install scipy") from e
+    try:
+        ids = loadmat(str(path))["GTinst"][0][0][0]
+    except Exception as e:  # scipy raises assorted types for corrupt files
+        raise SampleError(f"cannot read SBD instance file {path}: {e}") from e
+    return instances_from_ids(np.asarray(ids).astype(np.int32), sid)
+
+
+# ---------------------------------------------------------------------------------- listing
+
+
+def _stems(folder: Path, exts: tuple[str, ...] = IMAGE_EXTS, suffix: str = "") -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in exts and p.stem.endswith(suffix):
+            out.setdefault(p.stem[: len(p.stem) - len(suffix)], p)
+    return out
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def merge_identical_images(items: list[ImageItem]) -> list[ImageItem]:
+    """Merge items whose image files are byte-identical (one embedding for all their objects).
+
+    Only files of equal size are hashed, so this costs little on datasets without duplicates.
+    """
+    by_size: dict[int, list[ImageItem]] = defaultdict(list)
+    for it in items:
+        if it.image_path is not None and it.image_path.is_file():
+            by_size[it.image_path.stat().st_size].append(it)
+    first: dict[str, ImageItem] = {}
+    merged_into: dict[int, ImageItem] = {}
+    for group in by_size.values():
+        if len(group) < 2:
+            continue
+        for it in group:
+            d = _file_digest(it.image_path)  # type: ignore[arg-type]
+            if d in first:
+                merged_into[id(it)] = first[d]
+            else:
+                first[d] = it
+    out = []
+    for it in items:
+        host = merged_into.get(id(it))
+        if host is None:
+            out.append(it)
+        else:
+            host.masks.extend(it.masks)
+    return out
+
+
+def paired_folders(
+    img_dir: Path, mask_dir: Path, decode: Decoder, multi: bool = False, mask_suffix: str = ""
+) -> list[ImageItem]:
+    """Pair ``img_dir/<stem>.*`` with ``mask_dir/<stem><mask_suffix>.*`` by stem.
+
+    An image without a mask, or a mask without an image, becomes an item that fails with a
+    clear message when evaluated (so it is listed in the run's ``errors``).
+    """
+    imgs, masks = _stems(img_dir), _stems(mask_dir, suffix=mask_suffix)
+    items = []
+    for stem in sorted(set(imgs) | set(masks)):
+        src = MaskSource(stem, masks.get(stem), decode, multi)
+        items.append(ImageItem(stem, imgs.get(stem), [src]))
+    return merge_identical_images(items)
+
+
+def _first_pair(root: Path, pairs: list[tuple[str, str]]) -> tuple[Path, Path] | None:
+    for a, b in pairs:
+        if (root / a).is_dir() and (root / b).is_dir():
+            return root / a, root / b
+    return None
+
+
+def grabcut(root: Path) -> list[ImageItem]:
+    """GrabCut, 50 objects (Rother et al. 2004), RITM layout ``data_GT/`` + ``boundary_GT/``
+    (or ``images/`` + ``masks/``). Masks: 0 background, 255 object, 128 = ignore band.
+    Get it from the RITM repository's ``datasets/GrabCut`` (github.com/SamsungLabs/
+    ritm_interactive_segmentation)."""
+    d = _first_pair(root, [("data_GT", "boundary_GT"), ("images", "masks")])
+    return paired_folders(*_need(d, root, "data_GT/+boundary_GT/ or images/+masks/"),
+                          decode_ritm_band)  # fmt: skip
+
+
+def berkeley(root: Path) -> list[ImageItem]:
+    """Berkeley, 100 objects in 96 images (McGuinness & O'Connor 2010), ``images/`` + ``masks/``.
+    RGB masks, channel 0: ==128 ignore, >128 object. RITM's ``datasets/Berkeley`` masks, images
+    from BSDS500."""
+    d = _first_pair(root, [("images", "masks"), ("img", "gt")])
+    return paired_folders(*_need(d, root, "images/+masks/"), decode_ritm_band)
+
+
+def davis(root: Path) -> list[ImageItem]:
+    """DAVIS-345 (BRS subset of DAVIS 2016/2017), ``images/`` + ``masks/`` (or ``img/`` + ``gt/``).
+    Palette PNGs; every id > 0 (including 255) is merged into one object, as RITM does."""
+    d = _first_pair(root, [("images", "masks"), ("img", "gt")])
+    return paired_folders(*_need(d, root, "images/+masks/"), decode_any_nonzero)
+
+
+def coco_mval(root: Path) -> list[ImageItem]:
+    """COCO-MVal, 800 instances (f-BRS), ``images/`` + ``masks/`` (or ``img/`` + ``gt/``).
+    L PNG 0/255 one instance per file; names contain spaces. From RITM's ``datasets/COCO_MVal``."""
+    d = _first_pair(root, [("images", "masks"), ("img", "gt")])
+    return paired_folders(*_need(d, root, "images/+masks/"), decode_any_nonzero)
+
+
+def folder(root: Path) -> list[ImageItem]:
+    """Generic ``images/`` + ``masks/`` with matching stems; binary or instance-id masks."""
+    d = _first_pair(root, [("images", "masks")])
+    return paired_folders(*_need(d, root, "images/+masks/"), decode_folder, multi=True)
+
+
+def _split_ids(path: Path) -> list[str]:
+    return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def sbd(root: Path, split: str = "val") -> list[ImageItem]:
+    """SBD (Hariharan et al. 2011) ``benchmark_RELEASE/dataset``: ``img/*.jpg``, ``inst/*.mat``,
+    ``val.txt``; one sample per instance (6,671 in val). Needs scipy (``pip install scipy``).
+    Download: http://home.bharathh.info/pubs/codes/SBD/download.html"""
+    _need(root / f"{split}.txt" if (root / "inst").is_dir() else None, root, "img/, inst/, val.txt")
+    return [
+        ImageItem(s, root / "img" / f"{s}.jpg", [MaskSource(s, root / "inst" / f"{s}.mat",
+                                                            _decode_sbd, True)])
+        for s in _split_ids(root / f"{split}.txt")
+    ]  # fmt: skip
+
+
+def pascal_voc(root: Path, split: str = "val") -> list[ImageItem]:
+    """PASCAL VOC 2012 ``VOC2012/``: ``JPEGImages/``, ``SegmentationObject/`` (palette ids,
+    255 = ignore), ``ImageSets/Segmentation/<split>.txt``; one sample per object id."""
+    lst = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    _need(lst if (root / "SegmentationObject").is_dir() else None, root, "SegmentationObject/")
+    return [
+        ImageItem(s, root / "JPEGImages" / f"{s}.jpg",
+                  [MaskSource(s, root / "SegmentationObject" / f"{s}.png", decode_instances, True)])
+        for s in _split_ids(lst)
+    ]  # fmt: skip
+
+
+MVTEC_EXCLUDED = (("transistor", "cut_lead"), ("transistor", "misplaced"))
+
+
+def mvtec(root: Path, exclude: tuple[tuple[str, str], ...] = MVTEC_EXCLUDED) -> list[ImageItem]:
+    """MVTec AD (Bergmann et al. 2019): ``<cat>/test/<defect>/<n>.png`` with
+    ``<cat>/ground_truth/<defect>/<n>_mask.png``; ``good`` skipped; all defect regions of an
+    image form one object (mask == 255). FocSAM excludes transistor/cut_lead and
+    transistor/misplaced (``exclude``). Download: https://www.mvtec.com/company/research/datasets/mvtec-ad"""
+    cats = sorted(p for p in root.iterdir() if (p / "test").is_dir()) if root.is_dir() else []
+    _need(cats or None, root, "<category>/test/ and <category>/ground_truth/")
+    items = []
+    for cat in cats:
+        for ddir in sorted(p for p in (cat / "test").iterdir() if p.is_dir()):
+            if ddir.name == "good" or (cat.name, ddir.name) in exclude:
+                continue
+            gt_dir = cat / "ground_truth" / ddir.name
+            masks = _stems(gt_dir, suffix="_mask") if gt_dir.is_dir() else {}
+            for stem, img in _stems(ddir).items():
+                sid = f"{cat.name}/{ddir.name}/{stem}"
+                items.append(ImageItem(sid, img, [MaskSource(sid, masks.get(stem), decode_eq255)]))
+    return items
+
+
+def cod10k(root: Path) -> list[ImageItem]:
+    """COD10K test set (Fan et al. 2020): ``Imgs/`` + ``GT/`` (SINet layout) or COD10K-v3
+    ``Test/Image/`` + ``Test/GT_Object/``; restricted to ``Info/CAM_test.txt`` when present
+    (FocSAM: 2,026 camouflaged images). Object = grey value 255."""
+    d = _first_pair(root, [("Imgs", "GT"), ("Test/Image", "Test/GT_Object")])
+    items = paired_folders(*_need(d, root, "Imgs/+GT/ or Test/Image/+Test/GT_Object/"), decode_eq255)
+    cam = root / "Info" / "CAM_test.txt"
+    if cam.is_file():
+        keep = {Path(s).stem for s in _split_ids(cam)}
+        items = [it for it in items if it.key in keep]
+    return items
+
+
+def _need(found, root: Path, what: str):
+    if not found:
+        raise DatasetError(f"{root} does not look like the expected dataset layout ({what})")
+    return found
+
+
+LOADERS: dict[str, Callable[[Path], list[ImageItem]]] = {
+    "grabcut": grabcut,
+    "berkeley": berkeley,
+    "davis": davis,
+    "coco_mval": coco_mval,
+    "sbd": sbd,
+    "pascal_voc": pascal_voc,
+    "mvtec": mvtec,
+    "cod10k": cod10k,
+    "folder": folder,
+}
+ALIASES = {"davis345": "davis", "davis-345": "davis", "coco-mval": "coco_mval", "voc": "pascal_voc",
+           "pascal": "pascal_voc", "mvtec_ad": "mvtec", "cod10k-v3": "cod10k", "generic": "folder"}  # fmt: skip
+DEFAULT_DIRS = {
+    "grabcut": ("GrabCut",),
+    "berkeley": ("Berkeley",),
+    "davis": ("DAVIS345", "DAVIS"),
+    "coco_mval": ("COCO_MVal",),
+    "sbd": ("SBD/benchmark_RELEASE/dataset", "benchmark_RELEASE/dataset", "SBD/dataset", "SBD"),
+    "pascal_voc": ("VOCdevkit/VOC2012", "VOC2012", "PascalVOC"),
+    "mvtec": ("mvtec", "MVTec", "mvtec_anomaly_detection"),
+    "cod10k": ("COD10K", "COD10K-v3", "TestDataset/COD10K"),
+    "folder": (),
+}
+
+
+def canonical_name(name: str) -> str:
+    key = name.lower()
+    key = ALIASES.get(key, key)
+    if key not in LOADERS:
+        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(sorted(LOADERS))}")
+    return key
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None) -> Dataset:
+    """List a dataset. ``root`` is the dataset folder or a folder holding it (``GrabCut/``...)."""
+    key = canonical_name(name)
+    base = Path(root) if root is not None else Path(os.environ.get("STEADYSAM_DATA", "data"))
+    candidates = ([base] if root is not None or key == "folder" else []) + [
+        base / d for d in DEFAULT_DIRS[key]
+    ]
+    first_err: DatasetError | None = None
+    for cand in candidates:
+        if not cand.is_dir():
+            continue
+        try:
+            return Dataset(key, cand, LOADERS[key](cand))
+        except DatasetError as e:
+            first_err = first_err or e
+    if first_err is not None:
+        raise first_err
+    raise DatasetError(
+        f"dataset {name!r} not found in {base} (tried {', '.join(str(c) for c in candidates)}); "
+        "pass --data-root, or set STEADYSAM_DATA"
+    )

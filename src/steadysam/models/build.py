@@ -1,0 +1,140 @@
+"""Builders: one function per named architecture and a plain name -> builder table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch.nn as nn
+
+from .config import RefinerConfig, SamConfig
+from .image_encoder import ImageEncoderViT
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+from .sam import Sam
+from .transformer import TwoWayTransformer
+
+
+def build_sam(config: SamConfig) -> Sam:
+    """Instantiate (randomly initialised) SAM or FocSAM from a config."""
+    c = config
+    grid = c.image_size // c.patch_size
+    image_encoder = ImageEncoderViT(
+        img_size=c.image_size,
+        patch_size=c.patch_size,
+        embed_dim=c.encoder_embed_dim,
+        depth=c.encoder_depth,
+        num_heads=c.encoder_num_heads,
+        mlp_ratio=c.encoder_mlp_ratio,
+        out_chans=c.prompt_embed_dim,
+        norm_eps=c.encoder_norm_eps,
+        window_size=c.encoder_window_size,
+        global_attn_indexes=tuple(c.encoder_global_attn_indexes),
+    )
+    prompt_encoder = PromptEncoder(
+        embed_dim=c.prompt_embed_dim,
+        image_embedding_size=(grid, grid),
+        input_image_size=(c.image_size, c.image_size),
+        mask_in_chans=c.mask_in_chans,
+    )
+    mask_decoder = MaskDecoder(
+        transformer_dim=c.prompt_embed_dim,
+        transformer=TwoWayTransformer(
+            depth=c.decoder_depth,
+            embedding_dim=c.prompt_embed_dim,
+            num_heads=c.decoder_num_heads,
+            mlp_dim=c.decoder_mlp_dim,
+        ),
+        num_multimask_outputs=c.num_multimask_outputs,
+        iou_head_depth=c.iou_head_depth,
+        iou_head_hidden_dim=c.iou_head_hidden_dim,
+    )
+    refiner: nn.Module | None = None
+    if c.refiner is not None:
+        from .focus_refiner import FocusRefiner
+
+        r = c.refiner
+        refiner = FocusRefiner(
+            embed_dim=c.prompt_embed_dim,
+            depth=r.depth,
+            num_heads=r.num_heads,
+            mlp_ratio=r.mlp_ratio,
+            window_size=r.window_size,
+            expand_ratio=r.expand_ratio,
+        )
+    return Sam(image_encoder, prompt_encoder, mask_decoder, refiner, config=c).eval()
+
+
+def _vit(embed_dim: int, depth: int, heads: int, global_idx: tuple[int, ...]) -> dict:
+    return dict(
+        encoder_embed_dim=embed_dim,
+        encoder_depth=depth,
+        encoder_num_heads=heads,
+        encoder_global_attn_indexes=global_idx,
+    )
+
+
+VIT_B = _vit(768, 12, 12, (2, 5, 8, 11))
+VIT_L = _vit(1024, 24, 16, (5, 11, 17, 23))
+VIT_H = _vit(1280, 32, 16, (7, 15, 23, 31))
+# Small random-weight architectures for tests and the demo model: 256 px input, 16x16 grid.
+VIT_TINY = dict(
+    _vit(64, 2, 2, (1,)),
+    encoder_window_size=8,
+    image_size=256,
+    prompt_embed_dim=64,
+    decoder_mlp_dim=128,
+    iou_head_hidden_dim=64,
+)
+# FocSAM's ViT keeps nn.LayerNorm's default eps and reads BGR, /32-padded images (spec §2.1, §9).
+FOCSAM = dict(encoder_norm_eps=1e-5, preprocess="focsam")
+
+
+def sam_config(name: str) -> SamConfig:
+    """The SamConfig of a named architecture."""
+    if name not in MODEL_CONFIGS:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(MODEL_CONFIGS))}")
+    return MODEL_CONFIGS[name]()
+
+
+MODEL_CONFIGS: dict[str, Callable[[], SamConfig]] = {
+    "sam_vit_b": partial(SamConfig, **VIT_B),
+    "sam_vit_l": partial(SamConfig, **VIT_L),
+    "sam_vit_h": partial(SamConfig, **VIT_H),
+    "focsam_vit_b": partial(SamConfig, **VIT_B, **FOCSAM, refiner=RefinerConfig()),
+    "focsam_vit_l": partial(SamConfig, **VIT_L, **FOCSAM, refiner=RefinerConfig()),
+    "focsam_vit_h": partial(SamConfig, **VIT_H, **FOCSAM, refiner=RefinerConfig()),
+    "sam_tiny": partial(SamConfig, **VIT_TINY),
+    "focsam_tiny": partial(
+        SamConfig, **VIT_TINY, **FOCSAM, refiner=RefinerConfig(depth=2, num_heads=2, window_size=8)
+    ),
+}
+
+
+def sam_vit_b() -> Sam:
+    return build_sam(sam_config("sam_vit_b"))
+
+
+def sam_vit_l() -> Sam:
+    return build_sam(sam_config("sam_vit_l"))
+
+
+def sam_vit_h() -> Sam:
+    return build_sam(sam_config("sam_vit_h"))
+
+
+def focsam_vit_b() -> Sam:
+    return build_sam(sam_config("focsam_vit_b"))
+
+
+def focsam_vit_l() -> Sam:
+    return build_sam(sam_config("focsam_vit_l"))
+
+
+def focsam_vit_h() -> Sam:
+    return build_sam(sam_config("focsam_vit_h"))
+
+
+MODEL_BUILDERS: dict[str, Callable[[], Sam]] = {
+    name: partial(lambda n: build_sam(sam_config(n)), name) for name in MODEL_CONFIGS
+}

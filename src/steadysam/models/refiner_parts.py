@@ -1,0 +1,177 @@
+"""Building blocks of FocSAM's focus refiner (spec §4.4-4.8).
+
+Every module works on a batch of windows: tokens are W x N x C (W windows, N = S*S tokens each);
+the window token is W x 1 x C. Attribute names follow the FocSAM checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .deform_conv import ModulatedDeformConv2d
+
+
+class Attention(nn.Module):
+    """Multi-head attention with one extra all-zero key and value slot.
+
+    The zero slot (appended after the k/v projections) adds exp(0) to the softmax denominator and
+    nothing to the numerator: the learned function depends on it, so it must be kept.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int = 8) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.proj = nn.Linear(embed_dim, embed_dim)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q: B x Nq x C, k, v: B x Nk x C -> B x Nq x C."""
+        if q is k and k is v:  # self-attention: one fused projection
+            w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+            bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+            q, k, v = F.linear(q, w, bias).chunk(3, dim=-1)
+        else:
+            q, k, v = self.q_proj(q), self.k_proj(k), self.v_proj(v)
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        k = F.pad(k, (0, 0, 0, 1))
+        v = F.pad(v, (0, 0, 0, 1))
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        b, _, nq, _ = out.shape
+        return self.proj(out.transpose(1, 2).reshape(b, nq, -1))
+
+    def attend_few(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        """Same result as ``forward(q, kv, kv)``, cheaper when Nq * heads << Nk.
+
+        q: B x Nq x C, kv: B x Nk x C -> B x Nq x C. The key/value projections are moved onto the
+        queries / the attention-weighted inputs, so the Nk tokens are never projected.
+        """
+        b, nq, c = q.shape
+        h, d = self.num_heads, self.head_dim
+        qh = self._heads(self.q_proj(q))  # B, h, Nq, d
+        wk = self.k_proj.weight.view(h, d, c)
+        q_in = torch.einsum("bhqd,hdc->bhqc", qh, wk).reshape(b, h * nq, c)
+        logits = torch.baddbmm(
+            (qh * self.k_proj.bias.view(1, h, 1, d)).sum(-1).reshape(b, h * nq, 1),
+            q_in,
+            kv.transpose(1, 2),
+        )
+        probs = F.pad(logits * self.scale, (0, 1)).softmax(-1)[..., :-1]  # zero-key slot
+        ctx = torch.bmm(probs, kv).view(b, h, nq, c)
+        out = torch.einsum("bhqc,hdc->bhqd", ctx, self.v_proj.weight.view(h, d, c))
+        out = out + probs.sum(-1).view(b, h, nq, 1) * self.v_proj.bias.view(1, h, 1, d)
+        return self.proj(out.transpose(1, 2).reshape(b, nq, c))
+
+
+class CrossAttentionBlock(nn.Module):
+    """img2cls: the window token attends to its window (pre-LN, gamma-scaled residuals, MLP)."""
+
+    def __init__(self, embed_dim: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm_q = nn.LayerNorm(embed_dim)
+        self.norm_kv = nn.LayerNorm(embed_dim)
+        self.attn = Attention(embed_dim, num_heads)
+        self.gamma1 = nn.Parameter(torch.ones(embed_dim))
+        self.norm = nn.LayerNorm(embed_dim)
+        hidden = int(mlp_ratio * embed_dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(embed_dim, hidden), nn.ReLU(), nn.Linear(hidden, embed_dim)
+        )
+        self.gamma2 = nn.Parameter(torch.ones(embed_dim))
+
+    def forward(self, t: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """t: W x 1 x C window tokens, f: W x N x C window features -> W x 1 x C."""
+        t = t + self.gamma1 * self.attn.attend_few(self.norm_q(t), self.norm_kv(f))
+        return t + self.gamma2 * self.mlp(self.norm(t))
+
+
+class PDyReLU(nn.Module):
+    """Pixel-wise dynamic ReLU: max of a per-token and a per-window affine piece (spec §4.6)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.pixel_scale = nn.Parameter(torch.zeros(2 * channels))
+        self.pixel_bias = nn.Parameter(torch.zeros(2 * channels))
+        self.pixel_mlp = nn.Sequential(
+            nn.Linear(1, channels), nn.ReLU(), nn.Linear(channels, 2 * channels), nn.Tanh()
+        )
+        self.channel_scale = nn.Parameter(torch.zeros(2 * channels))
+        self.channel_bias = nn.Parameter(torch.zeros(2 * channels))
+        self.channel_mlp = nn.Sequential(
+            nn.Linear(channels, channels),
+            nn.ReLU(),
+            nn.Linear(channels, 2 * channels),
+            nn.Tanh(),
+        )
+
+    def forward(self, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """x: W x N x C (normalised tokens), q: W x 1 x C -> W x N x C."""
+        c = self.channels
+        # The dot product is deliberately unnormalised (no scale, no softmax).
+        pix = self.pixel_mlp(x @ q.transpose(1, 2))
+        pix = torch.addcmul(self.pixel_bias, pix, self.pixel_scale.exp())
+        chn = self.channel_mlp(x.mean(1, keepdim=True))
+        chn = torch.addcmul(self.channel_bias, chn, self.channel_scale.exp())
+        return torch.maximum(
+            torch.addcmul(pix[..., c:], pix[..., :c], x),
+            torch.addcmul(chn[..., c:], chn[..., :c], x),
+        )
+
+
+class DeformLayer(nn.Module):
+    """3x3 DCNv2 whose offsets and modulation come from a plain 3x3 conv of the same input."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.dcn_offset = nn.Conv2d(in_channels, 27, kernel_size=3, padding=1)
+        self.dcn = ModulatedDeformConv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        fan_out, fan_in = out_channels, in_channels * 9
+        nn.init.normal_(self.dcn.weight, 0.0, math.sqrt(2.0 / (fan_in + fan_out)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: W x C x S x S -> W x Cout x S x S (each window zero-padded on its own)."""
+        om = self.dcn_offset(x)
+        # The official code names channels 0..8 / 9..17 "x" / "y" but passes 0..17 through in
+        # order, i.e. the mmcv layout (2k = dy, 2k+1 = dx); keep the order, not the names.
+        return self.dcn(x, om[:, :18], om[:, 18:].sigmoid())
+
+
+class MSAModule(nn.Module):
+    """cls2img: window update = self-attention -> LN -> P-DyReLU, then DCN -> GN -> ReLU.
+
+    The second residual starts from the module input, so the attention branch reaches the output
+    only through the deformable convolution (paper eq. 5: f + DCN(f + f_hat)).
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.cls_proj = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.LayerNorm(embed_dim))
+        self.attn = Attention(embed_dim, num_heads)
+        self.norm1 = nn.LayerNorm(embed_dim)
+        self.relu1 = PDyReLU(embed_dim)
+        self.conv2 = DeformLayer(embed_dim, embed_dim)
+        self.norm2 = nn.GroupNorm(1, embed_dim)
+        self.gamma1 = nn.Parameter(torch.ones(1, embed_dim, 1, 1))
+        self.gamma2 = nn.Parameter(torch.ones(1, embed_dim, 1, 1))
+
+    def forward(self, f: torch.Tensor, t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """f: W x N x C window tokens (N = h * w, row-major), t: W x 1 x C -> W x N x C."""
+        nw, n, c = f.shape
+        h = self.relu1(self.norm1(self.attn(f, f, f)), self.cls_proj(t))
+        f1 = torch.addcmul(f, h, self.gamma1.view(c))
+        # Channels-last view of the tokens: the convolutions need no layout copy.
+        y = self.conv2(f1.view(nw, *size, c).permute(0, 3, 1, 2))
+        y = F.relu(self.norm2(y))
+        return torch.addcmul(f, y.permute(0, 2, 3, 1).reshape(nw, n, c), self.gamma2.view(c))
