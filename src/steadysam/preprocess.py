@@ -150,7 +150,7 @@ def image_to_tensor(
     std = pixel_std.to(device).view(-1, 1, 1)
     if frame.convention == "sam":
         h, w = frame.input_size
-        resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+        resized = np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
         x = torch.as_tensor(resized, device=device).permute(2, 0, 1).float()
         x = (x - mean) / std
     else:

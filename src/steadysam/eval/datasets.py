@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,10 +192,8 @@ def decode_folder(path: Path, sid: str) -> list[ObjectGT]:
 
 def _decode_sbd(path: Path, sid: str) -> list[ObjectGT]:
     """SBD ``inst/<id>.mat``: ``GTinst.Segmentation`` instance map, one sample per id > 0."""
-    try:
-        from scipy.io import loadmat
-    except ImportError as e:
-        raise DatasetError("the SBD loader needs scipy: pip install scipy") from e
+    from scipy.io import loadmat  # presence checked by sbd()
+
     try:
         ids = loadmat(str(path))["GTinst"][0][0][0]
     except Exception as e:  # scipy raises assorted types for corrupt files
@@ -221,27 +219,23 @@ def _file_digest(path: Path) -> str:
 def merge_identical_images(items: list[ImageItem]) -> list[ImageItem]:
     """Merge items whose image files are byte-identical (one embedding for all their objects).
 
-    Only files of equal size are hashed, so this costs little on datasets without duplicates.
+    Only files sharing their size with another file are hashed, so this is cheap.
     """
-    by_size: dict[int, list[ImageItem]] = defaultdict(list)
-    for it in items:
-        if it.image_path is not None and it.image_path.is_file():
-            by_size[it.image_path.stat().st_size].append(it)
-    first: dict[str, ImageItem] = {}
-    merged_into: dict[int, ImageItem] = {}
-    for group in by_size.values():
-        if len(group) < 2:
-            continue
-        for it in group:
-            d = _file_digest(it.image_path)  # type: ignore[arg-type]
-            if d in first:
-                merged_into[id(it)] = first[d]
-            else:
-                first[d] = it
+    sizes = {
+        id(it): it.image_path.stat().st_size
+        for it in items
+        if it.image_path is not None and it.image_path.is_file()
+    }
+    counts = Counter(sizes.values())
+    hosts: dict[tuple[int, str], ImageItem] = {}
     out = []
     for it in items:
-        host = merged_into.get(id(it))
-        if host is None:
+        size = sizes.get(id(it))
+        if size is None or counts[size] < 2:
+            out.append(it)
+            continue
+        host = hosts.setdefault((size, _file_digest(it.image_path)), it)
+        if host is it:
             out.append(it)
         else:
             host.masks.extend(it.masks)
@@ -277,8 +271,9 @@ def grabcut(root: Path) -> list[ImageItem]:
     Get it from the RITM repository's ``datasets/GrabCut`` (github.com/SamsungLabs/
     ritm_interactive_segmentation)."""
     d = _first_pair(root, [("data_GT", "boundary_GT"), ("images", "masks")])
-    return paired_folders(*_need(d, root, "data_GT/+boundary_GT/ or images/+masks/"),
-                          decode_ritm_band)  # fmt: skip
+    return paired_folders(
+        *_need(d, root, "data_GT/+boundary_GT/ or images/+masks/"), decode_ritm_band
+    )
 
 
 def berkeley(root: Path) -> list[ImageItem]:
@@ -318,11 +313,18 @@ def sbd(root: Path, split: str = "val") -> list[ImageItem]:
     ``val.txt``; one sample per instance (6,671 in val). Needs scipy (``pip install scipy``).
     Download: http://home.bharathh.info/pubs/codes/SBD/download.html"""
     _need(root / f"{split}.txt" if (root / "inst").is_dir() else None, root, "img/, inst/, val.txt")
+    try:
+        import scipy.io  # noqa: F401
+    except ImportError as e:
+        raise DatasetError("the SBD loader reads .mat files with scipy: pip install scipy") from e
     return [
-        ImageItem(s, root / "img" / f"{s}.jpg", [MaskSource(s, root / "inst" / f"{s}.mat",
-                                                            _decode_sbd, True)])
+        ImageItem(
+            s,
+            root / "img" / f"{s}.jpg",
+            [MaskSource(s, root / "inst" / f"{s}.mat", _decode_sbd, True)],
+        )
         for s in _split_ids(root / f"{split}.txt")
-    ]  # fmt: skip
+    ]
 
 
 def pascal_voc(root: Path, split: str = "val") -> list[ImageItem]:
@@ -331,10 +333,13 @@ def pascal_voc(root: Path, split: str = "val") -> list[ImageItem]:
     lst = root / "ImageSets" / "Segmentation" / f"{split}.txt"
     _need(lst if (root / "SegmentationObject").is_dir() else None, root, "SegmentationObject/")
     return [
-        ImageItem(s, root / "JPEGImages" / f"{s}.jpg",
-                  [MaskSource(s, root / "SegmentationObject" / f"{s}.png", decode_instances, True)])
+        ImageItem(
+            s,
+            root / "JPEGImages" / f"{s}.jpg",
+            [MaskSource(s, root / "SegmentationObject" / f"{s}.png", decode_instances, True)],
+        )
         for s in _split_ids(lst)
-    ]  # fmt: skip
+    ]
 
 
 MVTEC_EXCLUDED = (("transistor", "cut_lead"), ("transistor", "misplaced"))
@@ -365,7 +370,9 @@ def cod10k(root: Path) -> list[ImageItem]:
     ``Test/Image/`` + ``Test/GT_Object/``; restricted to ``Info/CAM_test.txt`` when present
     (FocSAM: 2,026 camouflaged images). Object = grey value 255."""
     d = _first_pair(root, [("Imgs", "GT"), ("Test/Image", "Test/GT_Object")])
-    items = paired_folders(*_need(d, root, "Imgs/+GT/ or Test/Image/+Test/GT_Object/"), decode_eq255)
+    items = paired_folders(
+        *_need(d, root, "Imgs/+GT/ or Test/Image/+Test/GT_Object/"), decode_eq255
+    )
     cam = root / "Info" / "CAM_test.txt"
     if cam.is_file():
         keep = {Path(s).stem for s in _split_ids(cam)}
@@ -379,30 +386,20 @@ def _need(found, root: Path, what: str):
     return found
 
 
-LOADERS: dict[str, Callable[[Path], list[ImageItem]]] = {
-    "grabcut": grabcut,
-    "berkeley": berkeley,
-    "davis": davis,
-    "coco_mval": coco_mval,
-    "sbd": sbd,
-    "pascal_voc": pascal_voc,
-    "mvtec": mvtec,
-    "cod10k": cod10k,
-    "folder": folder,
+# name: (loader, conventional folder names under the data root, aliases)
+REGISTRY: dict[str, tuple[Callable[[Path], list[ImageItem]], tuple[str, ...], tuple[str, ...]]] = {
+    "grabcut": (grabcut, ("GrabCut",), ()),
+    "berkeley": (berkeley, ("Berkeley",), ()),
+    "davis": (davis, ("DAVIS345", "DAVIS"), ("davis345", "davis-345")),
+    "coco_mval": (coco_mval, ("COCO_MVal",), ("coco-mval",)),
+    "sbd": (sbd, ("SBD/benchmark_RELEASE/dataset", "benchmark_RELEASE/dataset", "SBD"), ()),
+    "pascal_voc": (pascal_voc, ("VOCdevkit/VOC2012", "VOC2012"), ("voc", "pascal")),
+    "mvtec": (mvtec, ("mvtec", "MVTec", "mvtec_anomaly_detection"), ("mvtec_ad",)),
+    "cod10k": (cod10k, ("COD10K", "COD10K-v3", "TestDataset/COD10K"), ("cod10k-v3",)),
+    "folder": (folder, (), ("generic",)),
 }
-ALIASES = {"davis345": "davis", "davis-345": "davis", "coco-mval": "coco_mval", "voc": "pascal_voc",
-           "pascal": "pascal_voc", "mvtec_ad": "mvtec", "cod10k-v3": "cod10k", "generic": "folder"}  # fmt: skip
-DEFAULT_DIRS = {
-    "grabcut": ("GrabCut",),
-    "berkeley": ("Berkeley",),
-    "davis": ("DAVIS345", "DAVIS"),
-    "coco_mval": ("COCO_MVal",),
-    "sbd": ("SBD/benchmark_RELEASE/dataset", "benchmark_RELEASE/dataset", "SBD/dataset", "SBD"),
-    "pascal_voc": ("VOCdevkit/VOC2012", "VOC2012", "PascalVOC"),
-    "mvtec": ("mvtec", "MVTec", "mvtec_anomaly_detection"),
-    "cod10k": ("COD10K", "COD10K-v3", "TestDataset/COD10K"),
-    "folder": (),
-}
+LOADERS = {k: v[0] for k, v in REGISTRY.items()}
+ALIASES = {a: k for k, v in REGISTRY.items() for a in v[2]}
 
 
 def canonical_name(name: str) -> str:
@@ -418,7 +415,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None) -> Dataset:
     key = canonical_name(name)
     base = Path(root) if root is not None else Path(os.environ.get("STEADYSAM_DATA", "data"))
     candidates = ([base] if root is not None or key == "folder" else []) + [
-        base / d for d in DEFAULT_DIRS[key]
+        base / d for d in REGISTRY[key][1]
     ]
     first_err: DatasetError | None = None
     for cand in candidates:

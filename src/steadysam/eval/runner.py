@@ -38,8 +38,18 @@ PROTOCOLS = ("focsam", "sam-best")
 CLICKERS = ("ritm", "focsam")
 IGNORE_MODES = ("auto", "exclude", "background")
 # Changing any of these makes old results incomparable, so resume refuses.
-SEMANTIC_KEYS = ("dataset", "model", "checkpoint", "clicks", "clicker", "protocol", "seed",
-                 "inner_k", "refine_at", "ignore")  # fmt: skip
+SEMANTIC_KEYS = (
+    "dataset",
+    "model",
+    "checkpoint",
+    "clicks",
+    "clicker",
+    "protocol",
+    "seed",
+    "inner_k",
+    "refine_at",
+    "ignore",
+)
 
 
 class RunError(ValueError):
@@ -191,8 +201,9 @@ class _Dist:
             if use_cuda:
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             # Ranks wait for the slowest one at the end: a generous timeout, not gloo's 30 min.
-            dist.init_process_group("nccl" if use_cuda else "gloo",
-                                    timeout=datetime.timedelta(hours=24))  # fmt: skip
+            dist.init_process_group(
+                "nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=24)
+            )
             self.created = True
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
 
@@ -217,8 +228,9 @@ class _Dist:
 
 def build_predictor(cfg: EvalConfig) -> Any:
     """Build ``steadysam.predictor.Predictor`` for ``cfg.model`` / ``cfg.checkpoint``."""
-    import steadysam
     from steadysam.predictor import Predictor
+
+    import steadysam
 
     if cfg.model:
         model = steadysam.build_model(cfg.model, checkpoint=cfg.checkpoint)
@@ -245,8 +257,11 @@ def _prepare_run_dir(cfg: EvalConfig, run_dir: Path, world: int) -> None:
     path = run_dir / "config.json"
     if path.exists():
         old = json.loads(path.read_text())
-        diff = {k: (old["config"].get(k), now[k]) for k in SEMANTIC_KEYS
-                if old["config"].get(k) != now[k]}  # fmt: skip
+        diff = {
+            k: (old["config"].get(k), now[k])
+            for k in SEMANTIC_KEYS
+            if old["config"].get(k) != now[k]
+        }
         if diff:
             raise RunError(
                 f"{run_dir} holds a run with a different configuration {diff}; "
@@ -310,9 +325,13 @@ def _eval_object(cfg: EvalConfig, predictor: Any, ob: ObjectGT) -> dict[str, Any
         "area": int(np.count_nonzero(ob.gt)),
         "ignore_pixels": int(np.count_nonzero(ob.ignore)) if ob.ignore is not None else 0,
         **sample_metrics(ious),
-        "timing": {"decoder": float(tm.get("decoder", 0.0)),
-                   "refiner": float(tm.get("refiner", 0.0)), "harness": harness, "wall": wall},
-    }  # fmt: skip
+        "timing": {
+            "decoder": float(tm.get("decoder", 0.0)),
+            "refiner": float(tm.get("refiner", 0.0)),
+            "harness": harness,
+            "wall": wall,
+        },
+    }
 
 
 def _eval_item(
@@ -413,8 +432,9 @@ def evaluate(
         dist.close()
 
 
-def _loop(cfg: EvalConfig, predictor: Any, mine: list, done: set[str], out: JsonlAppender,
-          show: bool) -> None:  # fmt: skip
+def _loop(
+    cfg: EvalConfig, predictor: Any, mine: list, done: set[str], out: JsonlAppender, show: bool
+) -> None:
     from tqdm import tqdm
 
     nocs: list[int] = []
@@ -439,8 +459,9 @@ def finalize(run_dir: Path, ds: Dataset | None, cfg: EvalConfig) -> dict[str, An
 
     records = read_records(run_dir)
     ok = [r for r in records if "error" not in r]
-    errors = [{"id": r["id"], "image": r["image"], "error": r["error"]} for r in records
-              if "error" in r]  # fmt: skip
+    errors = [
+        {"id": r["id"], "image": r["image"], "error": r["error"]} for r in records if "error" in r
+    ]
     summary: dict[str, Any] = {
         "label": report.run_label(dataclasses.asdict(cfg)),
         "dataset": cfg.dataset,

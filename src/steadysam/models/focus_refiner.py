@@ -157,7 +157,7 @@ class RefineBlock(nn.Module):
             return x, t_mean
         # Rescale the update by the inverse selected fraction: with the init (w=1, b=0) the new
         # token is exactly the mean over the selected windows.
-        rho = selected.view(b, nwin).float().mean(1).clamp(min=0.01).view(b, 1, 1)
+        rho = selected.view(b, nwin).to(t.dtype).mean(1).clamp(min=0.01).view(b, 1, 1)
         scale = self.cls_scale_proj(-rho.log()).exp()
         return x, scale * (t_mean - t) + t
 

@@ -225,7 +225,7 @@ def rel_pos_bias(
     q_size: tuple[int, int],
     k_size: tuple[int, int],
 ) -> torch.Tensor:
-    """Additive attention bias B x nh x (q_h q_w) x (k_h k_w) from unscaled queries B x nh x N x hd."""
+    """Additive bias B x nh x (q_h q_w) x (k_h k_w) from unscaled queries B x nh x N x hd."""
     q_h, q_w = q_size
     k_h, k_w = k_size
     Rh = get_rel_pos(q_h, k_h, rel_pos_h)

@@ -55,7 +55,10 @@ class MaskDecoder(nn.Module):
         mask token 0). With return_tokens, also the transformer outputs of the selected mask
         tokens, B x M x C (FocSAM's click-fused query, taken before the hypernetwork MLP)."""
         masks, iou_pred, mask_tokens_out = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
             slice(1, None) if multimask_output else slice(0, 1),
         )
         if return_tokens:

@@ -1,0 +1,173 @@
+"""``steadysam eval`` and ``steadysam report`` subcommands (thin: parse, call the library).
+
+The top-level CLI calls :func:`add_parsers`; ``python -m steadysam.eval.cli eval ...`` works on
+its own as well (handy under ``torchrun -m``). Exit codes: 0 ok, 2 bad arguments or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from steadysam.eval.datasets import LOADERS, DatasetError
+
+EPILOG_EVAL = """\
+datasets: {names} (aliases: DAVIS345, COCO_MVal, voc, ...); see docs/eval.md.
+examples:
+  steadysam eval --model focsam_vit_h --dataset GrabCut --data-root data
+  steadysam eval --checkpoint my.safetensors --dataset davis --clicks 100 --clicker focsam
+  torchrun --nproc_per_node 4 -m steadysam.eval.cli eval --model sam_vit_h --dataset sbd
+Re-running the same command resumes an interrupted run (same --out).
+"""
+
+
+def _eval_parser(p: argparse.ArgumentParser) -> None:
+    net = p.add_argument_group("model (at least one)")
+    net.add_argument("--model", help="registered model name, e.g. focsam_vit_h, sam_vit_b")
+    net.add_argument("--checkpoint", help="weights file (official SAM/FocSAM or steadysam)")
+    p.add_argument("--dataset", required=True, help="dataset name (see below)")
+    p.add_argument(
+        "--data-root",
+        help="dataset folder or a folder holding it (default: $STEADYSAM_DATA or ./data)",
+    )
+    p.add_argument("--clicks", type=int, default=20, help="click budget per object (default 20)")
+    p.add_argument(
+        "--clicker",
+        choices=("ritm", "focsam"),
+        default="ritm",
+        help="click simulator: ritm (deterministic, ignore label) or focsam "
+        "(random tie-break, no ignore label); default ritm",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=("focsam", "sam-best"),
+        default="focsam",
+        help="focsam: single mask + previous logits + refiner once; sam-best: "
+        "multimask, keep the best predicted-IoU mask; default focsam",
+    )
+    p.add_argument("--out", help="run directory (default runs/<model>-<dataset>-...)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the focsam tie-break (42)")
+    p.add_argument(
+        "--inner-k",
+        type=float,
+        default=1.0,
+        help="focsam clicker candidate factor (1.0 at test, 1.7 in training)",
+    )
+    p.add_argument(
+        "--refine-at",
+        type=int,
+        default=1,
+        help="0-based click index at which FocSAM's refiner runs (1)",
+    )
+    p.add_argument(
+        "--ignore",
+        choices=("auto", "exclude", "background"),
+        default="auto",
+        help="ignore-label pixels: auto = exclude for ritm, background for focsam",
+    )
+    p.add_argument("--limit", type=int, help="evaluate only the first N images (smoke test)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--cache-dir", help="embedding disk cache folder (predictor)")
+    p.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="on resume, evaluate again the samples that failed before",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Add the ``eval`` and ``report`` subcommands to an argparse subparsers object."""
+    pe = subparsers.add_parser(
+        "eval",
+        help="NoC / mIoU / SPC / stability evaluation of a model on a dataset",
+        description="Click-simulated interactive-segmentation evaluation (full click budget, "
+        "resumable, torchrun-shardable). Writes config.json, per-sample JSON lines, "
+        "summary.json, results.md and plots into the run directory.",
+        epilog=EPILOG_EVAL.format(names=", ".join(sorted(LOADERS))),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _eval_parser(pe)
+    pe.set_defaults(func=cmd_eval)
+    pr = subparsers.add_parser(
+        "report",
+        help="put finished runs side by side (markdown table + overlaid curves)",
+        description="Reads RUN/summary.json of each run; prints a markdown table in the "
+        "papers' layout and writes report.md, miou_curves.png and delta_iou_hist.png to --out.",
+    )
+    pr.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or summary.json)")
+    pr.add_argument("--out", default="report", help="output folder (default ./report)")
+    pr.set_defaults(func=cmd_report)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from steadysam.eval.runner import EvalConfig, RunError, evaluate
+
+    if not args.model and not args.checkpoint:
+        print("error: give --model NAME or --checkpoint FILE", file=sys.stderr)
+        return 2
+    cfg = EvalConfig(
+        dataset=args.dataset,
+        model=args.model,
+        checkpoint=args.checkpoint,
+        data_root=args.data_root,
+        clicks=args.clicks,
+        clicker=args.clicker,
+        protocol=args.protocol,
+        out=args.out,
+        seed=args.seed,
+        inner_k=args.inner_k,
+        refine_at=args.refine_at,
+        ignore=args.ignore,
+        limit=args.limit,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+        retry_errors=args.retry_errors,
+    )
+    try:
+        summary = evaluate(cfg)
+    except (DatasetError, RunError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if summary is None:
+        return 0
+    noc = summary["noc"]
+    print(
+        f"{summary['label']} on {summary['dataset']}: {summary['num_samples']} samples, "
+        f"NoC@85/90/95 {noc['85']:.2f}/{noc['90']:.2f}/{noc['95']:.2f}, "
+        f"NoF@90 {summary['nof']['90']}; run dir {cfg.run_dir()}"
+    )
+    if summary["num_errors"]:
+        print(
+            f"warning: {summary['num_errors']} samples failed, listed in summary.json "
+            f"'errors': {json.dumps(summary['errors'][:3])}...",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from steadysam.eval.report import report
+
+    try:
+        md = report(args.runs, args.out)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(md)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="steadysam")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parsers(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

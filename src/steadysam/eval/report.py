@@ -1,0 +1,217 @@
+"""Markdown tables and PNG plots for one run or several runs side by side.
+
+Plots use matplotlib's object API with the Agg canvas (no pyplot, no global backend switch), so
+they work headless and do not disturb an interactive session in the same process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DATASET_ORDER = (
+    "grabcut",
+    "berkeley",
+    "sbd",
+    "davis",
+    "mvtec",
+    "cod10k",
+    "coco_mval",
+    "pascal_voc",
+    "folder",
+)
+DATASET_TITLES = {
+    "grabcut": "GrabCut",
+    "berkeley": "Berkeley",
+    "sbd": "SBD",
+    "davis": "DAVIS",
+    "mvtec": "MVTec",
+    "cod10k": "COD10K",
+    "coco_mval": "COCO-MVal",
+    "pascal_voc": "PascalVOC",
+    "folder": "folder",
+}
+
+
+def run_label(cfg: dict[str, Any]) -> str:
+    """Method name for tables: model (or checkpoint file name) + protocol/clicker."""
+    net = cfg.get("model") or Path(str(cfg.get("checkpoint") or "?")).stem
+    return f"{net} [{cfg.get('protocol')}/{cfg.get('clicker')}]"
+
+
+def _f(v: Any, nd: int = 2) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+
+
+def _spc(s: dict[str, Any]) -> str:
+    t = s.get("timing") or {}
+    if "spc" not in t:
+        return "–"
+    return f"{t['spc']:.3f} ({t['spc_decoder']:.3f})"
+
+
+def _title(s: dict[str, Any]) -> str:
+    from steadysam.eval.datasets import DatasetError, canonical_name
+
+    try:
+        return DATASET_TITLES[canonical_name(s["dataset"])]
+    except DatasetError:
+        return str(s["dataset"])
+
+
+def run_table(summaries: Sequence[dict[str, Any]]) -> str:
+    """One row per run: NoC, both NoF conventions, mIoU@k, SPC (paper: total (decoder-only))."""
+    n = max((s["clicks"] for s in summaries), default=20)
+    head = (
+        f"| Method | Dataset | #Obj | NoC@85 | NoC@90 | NoC@95 | NoF@85 | NoF@90 | NoF@95 "
+        f"| ≥{n}@85 | ≥{n}@90 | mIoU@1 | mIoU@5 | mIoU@{n} | SPC s (dec.) | errors |"
+    )
+    lines = [head, "|" + "---|" * 16]
+    for s in summaries:
+        noc, nof, nr, mi = s["noc"], s["nof"], s["nof_ritm"], s["miou"]
+        cells = [
+            s.get("label", "?"),
+            _title(s),
+            str(s["num_samples"]),
+            _f(noc.get("85")),
+            _f(noc.get("90")),
+            _f(noc.get("95")),
+            _f(nof.get("85")),
+            _f(nof.get("90")),
+            _f(nof.get("95")),
+            _f(nr.get("85")),
+            _f(nr.get("90")),
+            _f(100 * mi[0] if mi else None),
+            _f(100 * mi[4] if len(mi) > 4 else None),
+            _f(100 * mi[-1] if mi else None),
+            _spc(s),
+            str(s.get("num_errors", 0)),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [
+        "",
+        f"NoF@t: objects never reaching IoU t within the budget; ≥{n}@t: RITM's count of "
+        f"NoC == {n} (also counts objects first reaching t on the last click). mIoU in %. "
+        "SPC: (encoder + decoder + refiner) / clicks, encoder charged to every object as in "
+        "the FocSAM paper; decoder-only SPC in parentheses.",
+    ]
+    return "\n".join(lines + notes) + "\n"
+
+
+def paper_table(summaries: Sequence[dict[str, Any]], metric: str = "90") -> str:
+    """FocSAM Table 1 layout: rows = methods, columns = datasets (NoC@metric) + mean + SPC."""
+    methods: dict[str, dict[str, dict[str, Any]]] = {}
+    for s in summaries:
+        methods.setdefault(s.get("label", "?"), {})[_title(s)] = s
+    titles = [DATASET_TITLES[k] for k in DATASET_ORDER]
+    present = [t for t in titles if any(t in m for m in methods.values())]
+    present += sorted({t for m in methods.values() for t in m} - set(present))
+    lines = [
+        f"| Method | SPC s (dec.) | {' | '.join(present)} | mean |",
+        "|" + "---|" * (len(present) + 3),
+    ]
+    for label, by_ds in methods.items():
+        vals = [by_ds[t]["noc"].get(metric) if t in by_ds else None for t in present]
+        known = [v for v in vals if v is not None]
+        mean = sum(known) / len(known) if known and len(known) == len(present) else None
+        spc = next((_spc(s) for s in by_ds.values() if _spc(s) != "–"), "–")
+        lines.append(f"| {label} | {spc} | " + " | ".join(_f(v) for v in vals) + f" | {_f(mean)} |")
+    return f"NoC@{metric}\n\n" + "\n".join(lines) + "\n"
+
+
+def _canvas(w: float = 6.0, h: float = 4.0):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def plot_miou(summaries: Sequence[dict[str, Any]], path: Path) -> None:
+    """mIoU (%) after each click, one curve per run."""
+    fig, ax = _canvas()
+    for s in summaries:
+        y = [100 * v for v in s["miou"]]
+        ax.plot(
+            range(1, len(y) + 1),
+            y,
+            marker="." if len(y) <= 30 else None,
+            label=f"{s.get('label', '?')} – {_title(s)}",
+        )
+    ax.set_xlabel("number of clicks")
+    ax.set_ylabel("mIoU (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def plot_delta_hist(summaries: Sequence[dict[str, Any]], path: Path) -> None:
+    """Distribution of ΔIoU drops worse than -1 % (FocSAM Figure 4), one step curve per run."""
+    fig, ax = _canvas()
+    for s in summaries:
+        h = s["stability"]["histogram"]
+        edges = [100 * e for e in h["edges"]]
+        ax.stairs(h["counts"], edges, label=f"{s.get('label', '?')} – {_title(s)}")
+    ax.set_xlabel("ΔIoU between consecutive clicks (%), drops < -1 % only")
+    ax.set_ylabel("count")
+    ax.set_yscale("symlog")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def write_run_report(run_dir: Path, summary: dict[str, Any]) -> None:
+    """results.md + miou_curve.png + delta_iou_hist.png for one finished run."""
+    from steadysam.eval.runner import atomic_write_text
+
+    st = summary["stability"]
+    text = (
+        f"# {summary.get('label')} on {_title(summary)}\n\n"
+        + run_table([summary])
+        + "\nmIoU@k (%): "
+        + ", ".join(f"{k}: {100 * v:.2f}" for k, v in summary["miou_at"].items())
+        + f"\n\nStability: {st['num_drops']} drops < -1 % in {st['num_deltas']} click "
+        f"transitions ({st['samples_with_drop']} of {summary['num_samples']} samples); "
+        f"mean drop {100 * st['mean_drop']:.2f} %, mean worst drop per sample "
+        f"{100 * st['worst_drop_mean']:.2f} %.\n"
+    )
+    if summary.get("errors"):
+        text += "\n## Errors\n\n" + "".join(
+            f"- `{e['id']}`: {e['error']}\n" for e in summary["errors"]
+        )
+    atomic_write_text(run_dir / "results.md", text)
+    if summary["num_samples"]:
+        plot_miou([summary], run_dir / "miou_curve.png")
+        plot_delta_hist([summary], run_dir / "delta_iou_hist.png")
+
+
+def load_summary(run: str | Path) -> dict[str, Any]:
+    p = Path(run)
+    p = p / "summary.json" if p.is_dir() else p
+    if not p.is_file():
+        raise FileNotFoundError(f"no summary.json in {run} (is the run finished?)")
+    return json.loads(p.read_text())
+
+
+def report(runs: Sequence[str | Path], out: str | Path | None = None) -> str:
+    """Side-by-side markdown of several runs; with ``out`` also writes report.md and
+    miou_curves.png / delta_iou_hist.png there. Returns the markdown."""
+    summaries = [load_summary(r) for r in runs]
+    md = "# Runs side by side\n\n" + paper_table(summaries) + "\n" + run_table(summaries)
+    if out is not None:
+        from steadysam.eval.runner import atomic_write_text
+
+        o = Path(out)
+        o.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(o / "report.md", md)
+        plot_miou(summaries, o / "miou_curves.png")
+        plot_delta_hist(summaries, o / "delta_iou_hist.png")
+    return md
