@@ -245,7 +245,7 @@ def test_default_config_float32_matches_reference():
 
 
 def test_rho_is_clipped_at_one_percent():
-    # 11 x 11 = 121 windows and a single focused cell: rho = 1/121 < 0.01 would change s.
+    # 11 x 11 = 121 windows and a single focused cell: rho = 1/121 must be clipped to 0.01.
     m = small_refiner(depth=3, ws=2)
     g = torch.Generator().manual_seed(4)
     feats = torch.randn(1, 16, 22, 22, generator=g, dtype=torch.float64)
@@ -255,32 +255,32 @@ def test_rho_is_clipped_at_one_percent():
     with torch.no_grad():
         out = m(feats, mask, token)
         torch.testing.assert_close(out, ref_refiner(m, feats, mask, token), rtol=1e-9, atol=1e-9)
-        x = feats.permute(0, 2, 3, 1)
-        t = token[:, None]
-        focus = mask[:, 0].double()
-        _, t_out = m.blocks[0](x, t, focus)
-        sel = t + 121 * (m.blocks[0](x, t, focus)[1] - t) / torch.exp(
-            m.blocks[0].cls_scale_proj.weight[0, 0] * math.log(100.0)
-            + m.blocks[0].cls_scale_proj.bias[0]
-        )  # recovers the mean over the selected window's token
-        s_unclipped = torch.exp(m.blocks[0].cls_scale_proj.weight[0, 0] * math.log(121.0)
-                                + m.blocks[0].cls_scale_proj.bias[0])
-        assert not torch.allclose(t_out, s_unclipped * (sel - t) / 121 + t)
+        blk = m.blocks[0]
+        x, t = feats.permute(0, 2, 3, 1), token[:, None]
+        _, t_out = blk(x, t, mask[:, 0].double())
+        tw = blk.img2cls(t, x[:, 8:10, 8:10].reshape(1, 4, 16))
+        t_mean = t + (tw - t) / 121
+        w, b = blk.cls_scale_proj.weight[0, 0], blk.cls_scale_proj.bias[0]
+        expected = torch.exp(w * math.log(100.0) + b) * (t_mean - t) + t
+        torch.testing.assert_close(t_out, expected, rtol=1e-10, atol=1e-10)
+        unclipped = torch.exp(w * math.log(121.0) + b) * (t_mean - t) + t
+        assert (t_out - unclipped).abs().max() > 1e-3
 
 
 def test_outside_selected_windows_is_embed_proj_exactly():
     m = small_refiner(dtype=torch.float32)
     feats, token = torch.randn(1, 16, 16, 16), torch.randn(1, 16)
-    mask = box(1, 16, [(1, 1, 3, 2)])  # cell rows 1, cols 1-2: plain window (0,0), shift (3,3)
+    mask = box(1, 16, [(1, 1, 2, 2)])  # cell (1, 1): plain window (0, 0), shifted window (3, 3)
     with torch.no_grad():
         out = m(feats, mask, token)
-        proj = F.conv2d(feats, m.embed_proj.weight, m.embed_proj.bias)
+        proj = F.linear(feats.permute(0, 2, 3, 1), m.embed_proj.weight[:, :, 0, 0],
+                        m.embed_proj.bias).permute(0, 3, 1, 2)
     touched = torch.zeros(16, 16, dtype=torch.bool)
     touched[:4, :4] = True  # plain window
     idx = torch.tensor([14, 15, 0, 1])  # shifted window wraps around the border
     touched[idx[:, None], idx[None, :]] = True
-    torch.testing.assert_close(out[..., ~touched], proj[..., ~touched], rtol=0, atol=1e-6)
-    assert (out[..., touched] - proj[..., touched]).abs().amin() > 0
+    assert torch.equal(out[..., ~touched], proj[..., ~touched])
+    assert (out[..., touched] - proj[..., touched]).abs().sum(1).amin() > 0
 
 
 def test_shift_windows_wrap_without_mask():
@@ -344,7 +344,7 @@ def test_last_block_returns_plain_mean_token():
     with torch.no_grad():
         _, t_none = blk(x, t, focus)
         torch.testing.assert_close(t_none, t)
-        focus[0, 4:, 4:] = 1  # shift block: windows (1,1), (1,0), (0,1), (0,0) touched? only 4
+        focus[0, 4:, 4:] = 1  # one of the four 4 x 4 windows
         _, t_out = blk(x, t, focus)
         _, ref = ref_block(blk, x.permute(0, 3, 1, 2), t, focus[:, None], shift=False, last=True)
     torch.testing.assert_close(t_out, ref, rtol=1e-10, atol=1e-10)

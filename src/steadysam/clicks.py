@@ -21,6 +21,12 @@ The distance transform is computed on the bounding box of the error map plus one
 one-pixel ring around the box is all background (image padding or non-error pixels), and the
 projection of any farther background pixel onto that ring is at least as close, so the exact
 Euclidean DT inside the box is identical to the full-image one - at a fraction of the cost.
+
+Maxima and ties are decided on exact squared distances (integers, recovered as
+``rint(dt ** 2)``), not on OpenCV's float32 output: its last bit depends on the SIMD code path
+(image width, CPU), so two pixels at the same true distance, e.g. sqrt(58), can differ by one
+ulp. Exact comparison makes "first maximum in raster order" and "ties -> negative" mean what
+they say, on every machine, for distances up to ~2000 px.
 """
 
 from __future__ import annotations
@@ -79,12 +85,14 @@ def _cropped_dt(mask: np.ndarray) -> tuple[np.ndarray | None, int, int]:
 
 
 def padded_distance_transform(mask: np.ndarray) -> np.ndarray:
-    """Full-size H x W float32 DT of a binary mask zero-padded by one pixel (reference helper)."""
+    """Full-size H x W float32 DT of a binary mask zero-padded by one pixel (reference helper;
+    values are the correctly rounded float32 of the exact distances)."""
     mask = _as_bool(mask, "mask")
     out = np.zeros(mask.shape, np.float32)
     dt, y0, x0 = _cropped_dt(np.ascontiguousarray(mask))
     if dt is not None:
-        out[y0 : y0 + dt.shape[0], x0 : x0 + dt.shape[1]] = dt
+        exact = np.sqrt(np.rint(dt.astype(np.float64) ** 2)).astype(np.float32)
+        out[y0 : y0 + dt.shape[0], x0 : x0 + dt.shape[1]] = exact
     return out
 
 
@@ -96,20 +104,35 @@ def _zero_clicked(dt: np.ndarray, y0: int, x0: int, clicks: Iterable[Click]) -> 
             dt[yy, xx] = 0.0
 
 
-def _max(dt: np.ndarray | None) -> np.float32:
-    return np.float32(0.0) if dt is None else dt.max()
+# Relative slack covering OpenCV's float32 noise (a few ulps, ~1e-7) when pre-selecting pixels.
+_SLACK = 1e-6
 
 
-def _choose(dt: np.ndarray, dmax: np.float32, inner_k: float, rng: Rng) -> tuple[int, int]:
-    """FocSAM candidate set and uniform draw; returns (row, col) inside ``dt``."""
+def _near(dt: np.ndarray, d: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row-major (rows, cols, exact squared distances) of the pixels with DT >~ ``d``."""
+    rows, cols = np.nonzero(dt >= np.float32(d * (1.0 - _SLACK)))
+    return rows, cols, np.rint(dt[rows, cols].astype(np.float64) ** 2)
+
+
+def _max_sq(dt: np.ndarray | None) -> float:
+    """Exact squared maximum distance (0.0 for no error pixel)."""
+    if dt is None:
+        return 0.0
+    m = float(dt.max())
+    return float(_near(dt, m)[2].max()) if m > 0 else 0.0
+
+
+def _choose(dt: np.ndarray, max_sq: float, inner_k: float, rng: Rng) -> tuple[int, int]:
+    """FocSAM candidate set ``DT > max / (inner_k + eps)`` and a uniform draw; (row, col)."""
     if inner_k >= 1.0:
-        # float32 product, as torch computes `dist_scale * ndmax` on a float32 tensor.
-        thr = np.float32(1.0 / (inner_k + FLOAT32_EPS)) * dmax
+        d_thr = np.sqrt(max_sq) / (inner_k + FLOAT32_EPS)
+        rows, cols, sq = _near(dt, d_thr)
+        keep = sq > d_thr * d_thr
+        rows, cols = rows[keep], cols[keep]
     elif inner_k < 0.0:
-        thr = np.float32(0.0)
+        rows, cols = np.nonzero(dt > 0)
     else:
         raise ValueError(f"inner_k must be >= 1 or < 0, got {inner_k}")
-    rows, cols = np.nonzero(dt > thr)  # row-major, like torch.nonzero
     n = len(rows)
     i = rng.randrange(n) if isinstance(rng, random.Random) else int(rng.integers(n))
     return int(rows[i]), int(cols[i])
@@ -170,17 +193,19 @@ def next_click(
             _zero_clicked(fn_dt, fn_y0, fn_x0, clicks)
         if fp_dt is not None:
             _zero_clicked(fp_dt, fp_y0, fp_x0, clicks)
-    fn_max, fp_max = _max(fn_dt), _max(fp_dt)
-    if fn_max == 0 and fp_max == 0:
+    fn_sq, fp_sq = _max_sq(fn_dt), _max_sq(fp_dt)
+    if fn_sq == 0 and fp_sq == 0:
         return None
-    positive = bool(fn_max > fp_max)  # strict: ties go negative in both codebases
-    dt, y0, x0, dmax = (fn_dt, fn_y0, fn_x0, fn_max) if positive else (fp_dt, fp_y0, fp_x0, fp_max)
+    positive = fn_sq > fp_sq  # strict: ties go negative in both codebases
+    dt, y0, x0, max_sq = (fn_dt, fn_y0, fn_x0, fn_sq) if positive else (fp_dt, fp_y0, fp_x0, fp_sq)
     assert dt is not None
     if rule == "ritm":
-        # argmax returns the first maximum in row-major order; the crop keeps that order.
-        r, c = divmod(int(np.argmax(dt)), dt.shape[1])
+        # The first exact maximum in row-major order (the crop preserves that order).
+        rows, cols, sq = _near(dt, float(np.sqrt(max_sq)))
+        i = int(np.argmax(sq))
+        r, c = int(rows[i]), int(cols[i])
     else:
-        r, c = _choose(dt, dmax, inner_k, rng if rng is not None else np.random.default_rng(0))
+        r, c = _choose(dt, max_sq, inner_k, rng if rng is not None else np.random.default_rng(0))
     return Click(x=x0 + c, y=y0 + r, positive=positive)
 
 

@@ -91,11 +91,6 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.items)
 
-    def num_known_samples(self) -> int | None:
-        """Number of samples if no item holds an instance-id mask, else None."""
-        srcs = [s for it in self.items for s in it.masks]
-        return None if any(s.multi for s in srcs) else len(srcs)
-
 
 def read_image(path: Path) -> np.ndarray:
     # imdecode(fromfile) copes with any path (spaces, non-ASCII) and grayscale files.
@@ -124,14 +119,10 @@ def read_mask(path: Path) -> tuple[np.ndarray, str]:
     return arr, mode
 
 
-def _channel(arr: np.ndarray, bgr_index: int) -> np.ndarray:
-    # RITM reads masks with cv2 (BGR) and takes channel 0 = blue = PIL channel 2.
-    return arr if arr.ndim == 2 else arr[..., 2 - bgr_index]
-
-
 def decode_ritm_band(path: Path, sid: str) -> list[ObjectGT]:
     """GrabCut/Berkeley (RITM GrabCutDataset): channel 0, ==128 ignore, >128 object."""
-    m = _channel(read_mask(path)[0], 0)
+    arr, _ = read_mask(path)
+    m = arr if arr.ndim == 2 else arr[..., 2]  # RITM: cv2 (BGR) channel 0 = blue = PIL's 2
     return [ObjectGT(sid, m > 128, m == 128)]
 
 

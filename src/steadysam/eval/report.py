@@ -1,4 +1,5 @@
-"""Markdown tables and PNG plots for one run or several runs side by side.
+"""Run outputs: reading the per-sample JSON lines, summary.json (atomic), markdown tables in the
+papers' layout and PNG plots, for one run or several runs side by side.
 
 Plots use matplotlib's object API with the Agg canvas (no pyplot, no global backend switch), so
 they work headless and do not disturb an interactive session in the same process.
@@ -8,9 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from steadysam.eval.metrics import summarize
 
 DATASET_ORDER = (
     "grabcut",
@@ -34,6 +39,55 @@ DATASET_TITLES = {
     "pascal_voc": "PascalVOC",
     "folder": "folder",
 }
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file + os.replace so readers never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Parse a JSON-lines file, dropping an unterminated/corrupt line left by a killed writer."""
+    out = []
+    for line in path.read_bytes().split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            print(f"warning: skipping truncated line in {path}", file=sys.stderr)
+    return out
+
+
+def read_records(run_dir: Path) -> list[dict[str, Any]]:
+    """All per-sample records of a run (parts/*.jsonl), first line per id, in dataset order."""
+    seen: dict[str, dict[str, Any]] = {}
+    for part in sorted((run_dir / "parts").glob("rank-*.jsonl")):
+        for rec in read_jsonl(part):
+            seen.setdefault(rec["id"], rec)
+    return sorted(seen.values(), key=lambda r: tuple(r["order"]))
+
+
+def finalize(run_dir: Path, meta: dict[str, Any], clicks: int) -> dict[str, Any]:
+    """Merge the part files into samples.jsonl, write summary.json (``meta`` + metrics +
+    ``errors``), results.md and the plots. Idempotent: safe to call again on a finished run."""
+    records = read_records(run_dir)
+    ok = [r for r in records if "error" not in r]
+    errors = [
+        {"id": r["id"], "image": r["image"], "error": r["error"]} for r in records if "error" in r
+    ]
+    summary = {"label": run_label(meta), **meta, **summarize(ok, clicks)}
+    summary["num_errors"] = len(errors)
+    summary["errors"] = errors
+    atomic_write_text(run_dir / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    write_run_report(run_dir, summary)
+    return summary
 
 
 def run_label(cfg: dict[str, Any]) -> str:
@@ -144,6 +198,9 @@ def plot_miou(summaries: Sequence[dict[str, Any]], path: Path) -> None:
             marker="." if len(y) <= 30 else None,
             label=f"{s.get('label', '?')} – {_title(s)}",
         )
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("number of clicks")
     ax.set_ylabel("mIoU (%)")
     ax.grid(True, alpha=0.3)
@@ -170,8 +227,6 @@ def plot_delta_hist(summaries: Sequence[dict[str, Any]], path: Path) -> None:
 
 def write_run_report(run_dir: Path, summary: dict[str, Any]) -> None:
     """results.md + miou_curve.png + delta_iou_hist.png for one finished run."""
-    from steadysam.eval.runner import atomic_write_text
-
     st = summary["stability"]
     text = (
         f"# {summary.get('label')} on {_title(summary)}\n\n"
@@ -207,8 +262,6 @@ def report(runs: Sequence[str | Path], out: str | Path | None = None) -> str:
     summaries = [load_summary(r) for r in runs]
     md = "# Runs side by side\n\n" + paper_table(summaries) + "\n" + run_table(summaries)
     if out is not None:
-        from steadysam.eval.runner import atomic_write_text
-
         o = Path(out)
         o.mkdir(parents=True, exist_ok=True)
         atomic_write_text(o / "report.md", md)

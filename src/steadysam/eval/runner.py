@@ -31,24 +31,23 @@ from typing import Any
 import numpy as np
 
 from steadysam.clicks import Clicker
-from steadysam.eval.datasets import Dataset, ImageItem, ObjectGT, SampleError, load_dataset
-from steadysam.eval.metrics import iou, sample_metrics, summarize
+from steadysam.eval.datasets import (
+    Dataset,
+    DatasetError,
+    ImageItem,
+    ObjectGT,
+    SampleError,
+    load_dataset,
+)
+from steadysam.eval.metrics import iou, sample_metrics
+from steadysam.eval.report import atomic_write_text, finalize, read_jsonl, read_records
 
 PROTOCOLS = ("focsam", "sam-best")
 CLICKERS = ("ritm", "focsam")
 IGNORE_MODES = ("auto", "exclude", "background")
 # Changing any of these makes old results incomparable, so resume refuses.
-SEMANTIC_KEYS = (
-    "dataset",
-    "model",
-    "checkpoint",
-    "clicks",
-    "clicker",
-    "protocol",
-    "seed",
-    "inner_k",
-    "refine_at",
-    "ignore",
+SEMANTIC_KEYS = tuple(
+    "dataset model checkpoint clicks clicker protocol seed inner_k refine_at ignore".split()
 )
 
 
@@ -122,30 +121,6 @@ def versions() -> dict[str, str]:
 # ------------------------------------------------------------------------------- file helpers
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file + os.replace so readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Parse a JSON-lines file, dropping an unterminated/corrupt line left by a killed writer."""
-    out = []
-    data = path.read_bytes()
-    for line in data.split(b"\n"):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            print(f"warning: skipping truncated line in {path}", file=sys.stderr)
-    return out
-
-
 class JsonlAppender:
     """Append-only JSON lines, each fsync'ed, after cutting a partial last line left by a kill."""
 
@@ -165,15 +140,6 @@ class JsonlAppender:
 
     def close(self) -> None:
         self._f.close()
-
-
-def read_records(run_dir: Path) -> list[dict[str, Any]]:
-    """All per-sample records of a run, first occurrence of each id, in dataset order."""
-    seen: dict[str, dict[str, Any]] = {}
-    for part in sorted((run_dir / "parts").glob("rank-*.jsonl")):
-        for rec in read_jsonl(part):
-            seen.setdefault(rec["id"], rec)
-    return sorted(seen.values(), key=lambda r: tuple(r["order"]))
 
 
 # ------------------------------------------------------------------------------ distributed
@@ -228,9 +194,8 @@ class _Dist:
 
 def build_predictor(cfg: EvalConfig) -> Any:
     """Build ``steadysam.predictor.Predictor`` for ``cfg.model`` / ``cfg.checkpoint``."""
-    from steadysam.predictor import Predictor
-
     import steadysam
+    from steadysam.predictor import Predictor
 
     if cfg.model:
         model = steadysam.build_model(cfg.model, checkpoint=cfg.checkpoint)
@@ -336,22 +301,22 @@ def _eval_object(cfg: EvalConfig, predictor: Any, ob: ObjectGT) -> dict[str, Any
 
 def _eval_item(
     cfg: EvalConfig, predictor: Any, item: ImageItem, index: int, done: set[str], emit: Callable
-) -> int:
-    """Evaluate the not-yet-done objects of one image; returns the number of records emitted."""
+) -> None:
+    """Evaluate the not-yet-done objects of one image, emitting one record per sample."""
     todo: list[tuple[list[int], ObjectGT]] = []
-    n = 0
     for si, src in enumerate(item.masks):
         if src.id in done:
             continue
         try:
             objs = src.load()
-        except SampleError as e:
+        except DatasetError:
+            raise
+        except Exception as e:  # unreadable/missing/empty mask: record it, go on
             emit(_error(src.id, item, [index, si, 0], e))
-            n += 1
             continue
         todo += [([index, si, oi], ob) for oi, ob in enumerate(objs) if ob.id not in done]
     if not todo:
-        return n
+        return
     try:
         image = item.load_image()
         for _, ob in todo:
@@ -367,7 +332,7 @@ def _eval_item(
     except Exception as e:
         for order, ob in todo:
             emit(_error(ob.id, item, order, e))
-        return n + len(todo)
+        return
     for order, ob in todo:
         try:
             rec = {"id": ob.id, "image": item.key, "order": order}
@@ -376,7 +341,6 @@ def _eval_item(
         except Exception as e:  # one bad sample must not cost the others their results
             rec = _error(ob.id, item, order, e)
         emit(rec)
-    return n + len(todo)
 
 
 def evaluate(
@@ -384,7 +348,7 @@ def evaluate(
     *,
     predictor: Any = None,
     predictor_factory: Callable[[EvalConfig], Any] | None = None,
-    dataset: Dataset | None = None,
+    loaded_dataset: Dataset | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Run (or resume) an evaluation and return the summary (on every rank).
@@ -394,13 +358,14 @@ def evaluate(
             e.g. ``evaluate(model="focsam_tiny", dataset="GrabCut", clicks=20)``.
         predictor: a ready predictor (set_image / new_object / click interface).
         predictor_factory: builds the predictor from the config (default: :func:`build_predictor`).
-        dataset: an already listed dataset (default: ``load_dataset(config.dataset, data_root)``).
+        loaded_dataset: an already listed dataset (default: ``load_dataset(cfg.dataset,
+            cfg.data_root)``).
     """
     cfg = config if config is not None else EvalConfig(**kwargs)
     cfg.validate()
     if not cfg.model and not cfg.checkpoint and predictor is None and predictor_factory is None:
         raise RunError("give --model NAME or --checkpoint FILE")
-    ds = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_root)
+    ds = loaded_dataset if loaded_dataset is not None else load_dataset(cfg.dataset, cfg.data_root)
     run_dir = cfg.run_dir()
     dist = _Dist(cfg.device)
     try:
@@ -426,7 +391,9 @@ def evaluate(
         dist.barrier()
         summary = None
         if dist.rank == 0:
-            summary = finalize(run_dir, ds, cfg)
+            meta = {k: getattr(cfg, k) for k in SEMANTIC_KEYS}
+            meta.update(ignore=cfg.ignore_mode(), data_root=str(ds.root), num_images=len(items))
+            summary = finalize(run_dir, meta, cfg.clicks)
         return dist.bcast(summary)
     finally:
         dist.close()
@@ -450,33 +417,3 @@ def _loop(
             bar.update(1)
             if nocs:
                 bar.set_postfix(samples=len(nocs), noc90=f"{np.mean(nocs):.2f}", refresh=False)
-
-
-def finalize(run_dir: Path, ds: Dataset | None, cfg: EvalConfig) -> dict[str, Any]:
-    """Merge the part files, compute the summary and write samples.jsonl, summary.json,
-    results.md and the plots. Safe to call again on a finished run."""
-    from steadysam.eval import report
-
-    records = read_records(run_dir)
-    ok = [r for r in records if "error" not in r]
-    errors = [
-        {"id": r["id"], "image": r["image"], "error": r["error"]} for r in records if "error" in r
-    ]
-    summary: dict[str, Any] = {
-        "label": report.run_label(dataclasses.asdict(cfg)),
-        "dataset": cfg.dataset,
-        "data_root": str(ds.root) if ds is not None else cfg.data_root,
-        "model": cfg.model,
-        "checkpoint": cfg.checkpoint,
-        "clicker": cfg.clicker,
-        "protocol": cfg.protocol,
-        "ignore": cfg.ignore_mode(),
-        "num_images": len(ds.items[: cfg.limit]) if ds is not None else None,
-    }
-    summary.update(summarize(ok, cfg.clicks))
-    summary["num_errors"] = len(errors)
-    summary["errors"] = errors
-    atomic_write_text(run_dir / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
-    report.write_run_report(run_dir, summary)
-    return summary

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+DATA_ROOT = Path(
+    os.environ.get("STEADYSAM_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
+
+
+def _first(folder: str, n: int) -> list[Path]:
+    d = DATA_ROOT / folder / "images"
+    if not d.is_dir():
+        pytest.fail(f"real data not found at {d}: set STEADYSAM_DATA to the shared data folder")
+    return sorted(p for p in d.iterdir() if p.is_file())[:n]
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    return DATA_ROOT
+
+
+@pytest.fixture(scope="session")
+def real_images() -> list[tuple[str, np.ndarray]]:
+    """A few real RGB images of different sizes and sources."""
+    paths = _first("GrabCut", 1) + _first("Berkeley", 1) + _first("DAVIS345", 1)
+    return [(p.name, np.array(Image.open(p).convert("RGB"))) for p in paths]
+
+
+def randomize_(module: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.nn.Module:
+    """Perturb every saved tensor so no weight sits at a trivial initial value (non-persistent
+    buffers such as pixel_mean are left alone: checkpoints do not carry them)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t in module.state_dict(keep_vars=True).values():
+            if t.is_floating_point():
+                t.add_(torch.randn(t.shape, generator=g) * std)
+    return module
