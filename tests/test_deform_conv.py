@@ -117,8 +117,9 @@ def test_zero_mask_gives_bias_only():
 def test_float32_close_to_float64():
     x, offset, mask, weight, bias = _inputs(2, 8, 8, 9, 7, 3, 1, 1, 1, scale=2.5, seed=3)
     ref = modulated_deform_conv2d(x, offset, mask, weight, bias)
-    out = modulated_deform_conv2d(x.float(), offset.float(), mask.float(), weight.float(),
-                                  bias.float())
+    out = modulated_deform_conv2d(
+        x.float(), offset.float(), mask.float(), weight.float(), bias.float()
+    )
     torch.testing.assert_close(out, ref.float(), rtol=1e-4, atol=1e-4)
 
 
@@ -142,7 +143,9 @@ def test_module_state_dict_and_forward():
     assert set(mb.state_dict()) == {"weight", "bias"}
     x = torch.randn(2, 4, 6, 6)
     offset, mask = torch.randn(2, 18, 6, 6), torch.rand(2, 9, 6, 6)
-    torch.testing.assert_close(m(x, offset, mask), modulated_deform_conv2d(x, offset, mask, m.weight))
+    torch.testing.assert_close(
+        m(x, offset, mask), modulated_deform_conv2d(x, offset, mask, m.weight)
+    )
     # Non-contiguous offset (a channel slice of a larger conv output), as FocSAM feeds it.
     om = torch.randn(2, 27, 6, 6).contiguous(memory_format=torch.channels_last)
     ref = modulated_deform_conv2d(x, om[:, :18].contiguous(), om[:, 18:].sigmoid(), m.weight)

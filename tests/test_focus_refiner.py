@@ -47,8 +47,9 @@ def ref_attention(attn, q, k, v, zero_slot=True):
 
 def ref_cross(m, q, kv):
     x = q
-    x = x + m.gamma1 * ref_attention(m.attn, ref_ln(m.norm_q, q), ref_ln(m.norm_kv, kv),
-                                     ref_ln(m.norm_kv, kv))
+    x = x + m.gamma1 * ref_attention(
+        m.attn, ref_ln(m.norm_q, q), ref_ln(m.norm_kv, kv), ref_ln(m.norm_kv, kv)
+    )
     h = torch.relu(ref_linear(m.mlp[0], ref_ln(m.norm, x)))
     return x + m.gamma2 * ref_linear(m.mlp[2], h)
 
@@ -59,8 +60,11 @@ def ref_pdyrelu(m, x, cls):
     r = torch.tanh(ref_linear(m.pixel_mlp[2], torch.relu(ref_linear(m.pixel_mlp[0], s))))
     r = r * m.pixel_scale.exp() + m.pixel_bias
     pixel_act = r[..., :c] * x + r[..., c:]
-    r = torch.tanh(ref_linear(m.channel_mlp[2],
-                              torch.relu(ref_linear(m.channel_mlp[0], x.mean(1, keepdim=True)))))
+    r = torch.tanh(
+        ref_linear(
+            m.channel_mlp[2], torch.relu(ref_linear(m.channel_mlp[0], x.mean(1, keepdim=True)))
+        )
+    )
     r = r * m.channel_scale.exp() + m.channel_bias
     channel_act = r[..., :c] * x + r[..., c:]
     return torch.max(pixel_act, channel_act)
@@ -83,8 +87,9 @@ def ref_mdcn(x, offset, mask, weight):
                 val = val + x[:, yy.clamp(0, h - 1).long(), xx.clamp(0, w - 1).long()] * wgt
         inside = (py > -1) & (py < h) & (px > -1) & (px < w)
         cols.append(val * inside * mask[k])
-    return torch.einsum("ock,ckhw->ohw", weight.reshape(weight.shape[0], c, 9),
-                        torch.stack(cols, 1))
+    return torch.einsum(
+        "ock,ckhw->ohw", weight.reshape(weight.shape[0], c, 9), torch.stack(cols, 1)
+    )
 
 
 def ref_msa(m, x, cls):
@@ -163,8 +168,12 @@ def randomise(m, seed=0, offset_std=1.5):
                 fan_in = p[0].numel()
                 p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
             else:
-                base = 1.0 if any(k in name for k in ("gamma", "norm", "cls_proj.1", "cls_scale")) \
-                    and name.endswith(("weight", "gamma1", "gamma2")) else 0.0
+                base = (
+                    1.0
+                    if any(k in name for k in ("gamma", "norm", "cls_proj.1", "cls_scale"))
+                    and name.endswith(("weight", "gamma1", "gamma2"))
+                    else 0.0
+                )
                 p.copy_(base + 0.3 * torch.randn(p.shape, generator=g))
             if name.endswith("dcn_offset.bias"):
                 # Large offsets: many samples cross the window border or land between pixels.
@@ -273,8 +282,9 @@ def test_outside_selected_windows_is_embed_proj_exactly():
     mask = box(1, 16, [(1, 1, 2, 2)])  # cell (1, 1): plain window (0, 0), shifted window (3, 3)
     with torch.no_grad():
         out = m(feats, mask, token)
-        proj = F.linear(feats.permute(0, 2, 3, 1), m.embed_proj.weight[:, :, 0, 0],
-                        m.embed_proj.bias).permute(0, 3, 1, 2)
+        proj = F.linear(
+            feats.permute(0, 2, 3, 1), m.embed_proj.weight[:, :, 0, 0], m.embed_proj.bias
+        ).permute(0, 3, 1, 2)
     touched = torch.zeros(16, 16, dtype=torch.bool)
     touched[:4, :4] = True  # plain window
     idx = torch.tensor([14, 15, 0, 1])  # shifted window wraps around the border
@@ -328,8 +338,9 @@ def test_zero_slot_matters():
         assert (with_slot - without).abs().max() > 1e-3
         torch.testing.assert_close(attn(q, kv, kv), with_slot, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(attn.attend_few(q, kv), with_slot, rtol=1e-10, atol=1e-10)
-        torch.testing.assert_close(attn(kv, kv, kv), ref_attention(attn, kv, kv, kv),
-                                   rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            attn(kv, kv, kv), ref_attention(attn, kv, kv, kv), rtol=1e-10, atol=1e-10
+        )
 
 
 def test_last_block_returns_plain_mean_token():
@@ -354,31 +365,49 @@ def test_state_dict_matches_checkpoint_table():
     m = FocusRefiner()
     c, hid = 256, 1024
     expected = {
-        "embed_proj.weight": (c, c, 1, 1), "embed_proj.bias": (c,),
-        "token_proj.weight": (c, c), "token_proj.bias": (c,),
+        "embed_proj.weight": (c, c, 1, 1),
+        "embed_proj.bias": (c,),
+        "token_proj.weight": (c, c),
+        "token_proj.bias": (c,),
     }
     per_block = {
-        "img2cls.gamma1": (c,), "img2cls.gamma2": (c,),
-        "img2cls.norm_q.weight": (c,), "img2cls.norm_q.bias": (c,),
-        "img2cls.norm_kv.weight": (c,), "img2cls.norm_kv.bias": (c,),
-        "img2cls.norm.weight": (c,), "img2cls.norm.bias": (c,),
-        "img2cls.mlp.0.weight": (hid, c), "img2cls.mlp.0.bias": (hid,),
-        "img2cls.mlp.2.weight": (c, hid), "img2cls.mlp.2.bias": (c,),
-        "cls2img.gamma1": (1, c, 1, 1), "cls2img.gamma2": (1, c, 1, 1),
-        "cls2img.cls_proj.0.weight": (c, c), "cls2img.cls_proj.0.bias": (c,),
-        "cls2img.cls_proj.1.weight": (c,), "cls2img.cls_proj.1.bias": (c,),
-        "cls2img.norm1.weight": (c,), "cls2img.norm1.bias": (c,),
-        "cls2img.relu1.pixel_scale": (2 * c,), "cls2img.relu1.pixel_bias": (2 * c,),
-        "cls2img.relu1.pixel_mlp.0.weight": (c, 1), "cls2img.relu1.pixel_mlp.0.bias": (c,),
+        "img2cls.gamma1": (c,),
+        "img2cls.gamma2": (c,),
+        "img2cls.norm_q.weight": (c,),
+        "img2cls.norm_q.bias": (c,),
+        "img2cls.norm_kv.weight": (c,),
+        "img2cls.norm_kv.bias": (c,),
+        "img2cls.norm.weight": (c,),
+        "img2cls.norm.bias": (c,),
+        "img2cls.mlp.0.weight": (hid, c),
+        "img2cls.mlp.0.bias": (hid,),
+        "img2cls.mlp.2.weight": (c, hid),
+        "img2cls.mlp.2.bias": (c,),
+        "cls2img.gamma1": (1, c, 1, 1),
+        "cls2img.gamma2": (1, c, 1, 1),
+        "cls2img.cls_proj.0.weight": (c, c),
+        "cls2img.cls_proj.0.bias": (c,),
+        "cls2img.cls_proj.1.weight": (c,),
+        "cls2img.cls_proj.1.bias": (c,),
+        "cls2img.norm1.weight": (c,),
+        "cls2img.norm1.bias": (c,),
+        "cls2img.relu1.pixel_scale": (2 * c,),
+        "cls2img.relu1.pixel_bias": (2 * c,),
+        "cls2img.relu1.pixel_mlp.0.weight": (c, 1),
+        "cls2img.relu1.pixel_mlp.0.bias": (c,),
         "cls2img.relu1.pixel_mlp.2.weight": (2 * c, c),
         "cls2img.relu1.pixel_mlp.2.bias": (2 * c,),
-        "cls2img.relu1.channel_scale": (2 * c,), "cls2img.relu1.channel_bias": (2 * c,),
-        "cls2img.relu1.channel_mlp.0.weight": (c, c), "cls2img.relu1.channel_mlp.0.bias": (c,),
+        "cls2img.relu1.channel_scale": (2 * c,),
+        "cls2img.relu1.channel_bias": (2 * c,),
+        "cls2img.relu1.channel_mlp.0.weight": (c, c),
+        "cls2img.relu1.channel_mlp.0.bias": (c,),
         "cls2img.relu1.channel_mlp.2.weight": (2 * c, c),
         "cls2img.relu1.channel_mlp.2.bias": (2 * c,),
-        "cls2img.conv2.dcn_offset.weight": (27, c, 3, 3), "cls2img.conv2.dcn_offset.bias": (27,),
+        "cls2img.conv2.dcn_offset.weight": (27, c, 3, 3),
+        "cls2img.conv2.dcn_offset.bias": (27,),
         "cls2img.conv2.dcn.weight": (c, c, 3, 3),
-        "cls2img.norm2.weight": (c,), "cls2img.norm2.bias": (c,),
+        "cls2img.norm2.weight": (c,),
+        "cls2img.norm2.bias": (c,),
     }
     for mod in ("img2cls.attn", "cls2img.attn"):
         for p in ("q_proj", "k_proj", "v_proj", "proj"):

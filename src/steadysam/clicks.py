@@ -32,7 +32,7 @@ they say, on every machine, for distances up to ~2000 px.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import cv2
@@ -69,19 +69,60 @@ def _as_bool(mask: np.ndarray, name: str) -> np.ndarray:
     return mask if mask.dtype == bool else mask.astype(bool)
 
 
-def _cropped_dt(mask: np.ndarray) -> tuple[np.ndarray | None, int, int]:
-    """Padded exact Euclidean DT of ``mask`` (H x W bool) restricted to its bounding box.
+class _ErrorMap:
+    """One error map (H x W bool) with a lazily computed, bbox-cropped padded exact DT.
 
-    Returns ``(dt, y0, x0)`` where ``dt`` (h x w float32) covers rows ``y0:y0+h`` and columns
-    ``x0:x0+w``; ``dt`` is None when the mask is empty (every distance is 0).
+    ``bound_sq`` is a free upper bound of the squared max distance: a pixel of an h x w box is
+    at most ``(min(h, w) + 1) // 2`` from the background ring around the box. It lets
+    ``next_click`` skip the second transform when the first one already decides the sign.
     """
-    u8 = mask.view(np.uint8)
-    x0, y0, w, h = cv2.boundingRect(u8)
-    if w == 0 or h == 0:
-        return None, 0, 0
-    crop = cv2.copyMakeBorder(u8[y0 : y0 + h, x0 : x0 + w], 1, 1, 1, 1, cv2.BORDER_CONSTANT, 0)
-    dt = cv2.distanceTransform(crop, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    return dt[1:-1, 1:-1], y0, x0
+
+    def __init__(self, mask: np.ndarray) -> None:
+        self.mask = mask
+        self.x0, self.y0, self.w, self.h = cv2.boundingRect(mask.view(np.uint8))
+        r = (min(self.w, self.h) + 1) // 2
+        self.bound_sq = float(r * r)
+        self._dt: np.ndarray | None = None
+        self._near: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def dt(self, clicks: Sequence[Click] = ()) -> np.ndarray | None:
+        """h x w float32 DT of the box (None for an empty map); ``clicks`` zeroed (RITM)."""
+        if self._dt is None and self.bound_sq > 0:
+            x0, y0, w, h = self.x0, self.y0, self.w, self.h
+            box = self.mask.view(np.uint8)[y0 : y0 + h, x0 : x0 + w]
+            crop = cv2.copyMakeBorder(box, 1, 1, 1, 1, cv2.BORDER_CONSTANT, 0)
+            dt = cv2.distanceTransform(crop, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+            for c in clicks:  # RITM multiplies the DT by its not-clicked map afterwards
+                if 0 <= c.y - y0 < h and 0 <= c.x - x0 < w:
+                    dt[c.y - y0, c.x - x0] = 0.0
+            self._dt = dt
+        return self._dt
+
+    def max_sq(self, clicks: Sequence[Click] = ()) -> float:
+        """Exact squared maximum distance (0.0 when no pixel is left)."""
+        dt = self.dt(clicks)
+        if dt is None:
+            return 0.0
+        m = float(dt.max())
+        if m == 0:
+            return 0.0
+        self._near = _near(dt, m)
+        return float(self._near[2].max())
+
+    def first_max(self) -> tuple[int, int]:
+        """(row, col) in the image of the first exact maximum in row-major order."""
+        assert self._near is not None
+        rows, cols, sq = self._near
+        i = int(np.argmax(sq))
+        return self.y0 + int(rows[i]), self.x0 + int(cols[i])
+
+
+def _cropped_dt(mask: np.ndarray) -> tuple[np.ndarray | None, int, int]:
+    """Padded exact Euclidean DT of ``mask`` (H x W bool) restricted to its bounding box:
+    ``(dt, y0, x0)`` with ``dt`` (h x w float32) covering rows ``y0:y0+h``, columns
+    ``x0:x0+w``; ``dt`` is None for an empty mask (every distance is 0)."""
+    em = _ErrorMap(mask)
+    return em.dt(), em.y0, em.x0
 
 
 def padded_distance_transform(mask: np.ndarray) -> np.ndarray:
@@ -96,14 +137,6 @@ def padded_distance_transform(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _zero_clicked(dt: np.ndarray, y0: int, x0: int, clicks: Iterable[Click]) -> None:
-    h, w = dt.shape
-    for c in clicks:
-        yy, xx = c.y - y0, c.x - x0
-        if 0 <= yy < h and 0 <= xx < w:
-            dt[yy, xx] = 0.0
-
-
 # Relative slack covering OpenCV's float32 noise (a few ulps, ~1e-7) when pre-selecting pixels.
 _SLACK = 1e-6
 
@@ -112,14 +145,6 @@ def _near(dt: np.ndarray, d: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     """Row-major (rows, cols, exact squared distances) of the pixels with DT >~ ``d``."""
     rows, cols = np.nonzero(dt >= np.float32(d * (1.0 - _SLACK)))
     return rows, cols, np.rint(dt[rows, cols].astype(np.float64) ** 2)
-
-
-def _max_sq(dt: np.ndarray | None) -> float:
-    """Exact squared maximum distance (0.0 for no error pixel)."""
-    if dt is None:
-        return 0.0
-    m = float(dt.max())
-    return float(_near(dt, m)[2].max()) if m > 0 else 0.0
 
 
 def _choose(dt: np.ndarray, max_sq: float, inner_k: float, rng: Rng) -> tuple[int, int]:
@@ -181,32 +206,32 @@ def next_click(
         fn &= valid
         fp &= valid
 
-    if rule == "focsam":
+    if rule == "focsam":  # FocSAM removes clicked pixels before the transform
         for c in clicks:
             fn[c.y, c.x] = False
             fp[c.y, c.x] = False
-    fn_dt, fn_y0, fn_x0 = _cropped_dt(fn)
-    fp_dt, fp_y0, fp_x0 = _cropped_dt(fp)
-    if rule == "ritm":
-        # RITM multiplies the DT by its not-clicked map after the transform.
-        if fn_dt is not None:
-            _zero_clicked(fn_dt, fn_y0, fn_x0, clicks)
-        if fp_dt is not None:
-            _zero_clicked(fp_dt, fp_y0, fp_x0, clicks)
-    fn_sq, fp_sq = _max_sq(fn_dt), _max_sq(fp_dt)
+    zero = clicks if rule == "ritm" else ()
+    fn_map, fp_map = _ErrorMap(fn), _ErrorMap(fp)
+    # Transform the map that can reach farther first; skip the other when its bound already
+    # settles the sign (strict: ties go negative in both codebases).
+    if fn_map.bound_sq >= fp_map.bound_sq:
+        fn_sq = fn_map.max_sq(zero)
+        fp_sq = fp_map.max_sq(zero) if fp_map.bound_sq >= fn_sq else 0.0
+    else:
+        fp_sq = fp_map.max_sq(zero)
+        fn_sq = fn_map.max_sq(zero) if fn_map.bound_sq > fp_sq else 0.0
     if fn_sq == 0 and fp_sq == 0:
         return None
-    positive = fn_sq > fp_sq  # strict: ties go negative in both codebases
-    dt, y0, x0, max_sq = (fn_dt, fn_y0, fn_x0, fn_sq) if positive else (fp_dt, fp_y0, fp_x0, fp_sq)
-    assert dt is not None
+    positive = fn_sq > fp_sq
+    em, max_sq = (fn_map, fn_sq) if positive else (fp_map, fp_sq)
     if rule == "ritm":
-        # The first exact maximum in row-major order (the crop preserves that order).
-        rows, cols, sq = _near(dt, float(np.sqrt(max_sq)))
-        i = int(np.argmax(sq))
-        r, c = int(rows[i]), int(cols[i])
+        y, x = em.first_max()  # the box crop preserves row-major order
     else:
+        dt = em.dt()
+        assert dt is not None
         r, c = _choose(dt, max_sq, inner_k, rng if rng is not None else np.random.default_rng(0))
-    return Click(x=x0 + c, y=y0 + r, positive=positive)
+        y, x = em.y0 + r, em.x0 + c
+    return Click(x=x, y=y, positive=positive)
 
 
 class Clicker:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from .checkpoints import CheckpointError, load_checkpoint, reconcile_config
 from .models.build import build_sam, sam_config
 from .models.sam import Sam
 
@@ -12,11 +13,44 @@ def build_model(
     name: str | None = None,
     checkpoint: str | os.PathLike | None = None,
     pretrained: bool = False,
+    *,
+    trusted: bool = False,
 ) -> Sam:
-    """Build a SAM / FocSAM model by architecture name (random weights unless a checkpoint is
-    given or pretrained=True)."""
-    if name is None:
+    """Build a SAM / FocSAM model.
+
+    Arguments:
+        name: a registered architecture (``steadysam.MODEL_CONFIGS``: sam_vit_b/l/h,
+            focsam_vit_b/l/h, sam_tiny, focsam_tiny). Alone: random weights.
+        checkpoint: an official SAM ``.pth``, an official FocSAM (mmengine) ``.pth`` or a
+            steadysam ``.safetensors`` file. Alone: the architecture is inferred from it. With
+            ``name``: both architectures must agree (else :class:`CheckpointError` naming the
+            differences); settings invisible in tensor shapes come from ``name``.
+        pretrained: download the published weights of ``name`` (``steadysam.hub``) and load them.
+        trusted: allow full unpickling of a ``.pth`` that the safe loader refuses (this runs
+            code from the file: only for files from a source you trust).
+
+    Loading is strict (every key and shape must match); the model's ``config.preprocess`` tells
+    the image convention its weights expect.
+    """
+    if name is None and checkpoint is None:
+        # DEMO DEFAULT: the single place where a default (demo) model will be chosen later.
         raise ValueError("name a model (e.g. 'sam_vit_b') or pass checkpoint=PATH")
-    if checkpoint is not None or pretrained:
-        raise NotImplementedError("checkpoint loading is not implemented yet")
-    return build_sam(sam_config(name))
+    if pretrained:
+        if checkpoint is not None:
+            raise ValueError("pass pretrained=True or checkpoint=PATH, not both")
+        if name is None:
+            raise ValueError("pretrained=True needs a model name, e.g. 'sam_vit_b'")
+        from . import hub
+
+        checkpoint = hub.download(name)
+    if checkpoint is None:
+        return build_sam(sam_config(name))
+    state, config, fmt = load_checkpoint(checkpoint, trusted=trusted)
+    if name is not None:
+        config = reconcile_config(name, config, fmt)
+    model = build_sam(config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:  # load_checkpoint checked keys/shapes; this is a safety net
+        raise CheckpointError(f"checkpoint {str(checkpoint)!r}: {e}") from e
+    return model.eval()

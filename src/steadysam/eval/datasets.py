@@ -32,6 +32,10 @@ class DatasetError(ValueError):
     """The dataset as a whole cannot be used (wrong root, unknown name, missing dependency)."""
 
 
+class LayoutError(DatasetError):
+    """A folder is not laid out as the loader expects (load_dataset then tries the next one)."""
+
+
 class SampleError(Exception):
     """One sample is unusable (missing/unreadable file, size mismatch, empty mask)."""
 
@@ -373,7 +377,7 @@ def cod10k(root: Path) -> list[ImageItem]:
 
 def _need(found, root: Path, what: str):
     if not found:
-        raise DatasetError(f"{root} does not look like the expected dataset layout ({what})")
+        raise LayoutError(f"{root} does not look like the expected dataset layout ({what})")
     return found
 
 
@@ -408,13 +412,13 @@ def load_dataset(name: str, root: str | os.PathLike | None = None) -> Dataset:
     candidates = ([base] if root is not None or key == "folder" else []) + [
         base / d for d in REGISTRY[key][1]
     ]
-    first_err: DatasetError | None = None
+    first_err: LayoutError | None = None
     for cand in candidates:
         if not cand.is_dir():
             continue
         try:
             return Dataset(key, cand, LOADERS[key](cand))
-        except DatasetError as e:
+        except LayoutError as e:
             first_err = first_err or e
     if first_err is not None:
         raise first_err

@@ -223,7 +223,8 @@ class FocusRefiner(nn.Module):
         focus = F.adaptive_max_pool2d(focus_mask.float(), (h, w)).reshape(b, h, w)
         # 1x1 conv as a linear layer on a channels-last map (same weights).
         x = F.linear(
-            image_embeddings.permute(0, 2, 3, 1), self.embed_proj.weight.view(c, c),
+            image_embeddings.permute(0, 2, 3, 1),
+            self.embed_proj.weight.view(c, c),
             self.embed_proj.bias,
         )
         t = self.token_proj(query_token)

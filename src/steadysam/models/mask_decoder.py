@@ -91,16 +91,43 @@ class MaskDecoder(nn.Module):
         mask_tokens_out = hs[:, 1 : (1 + self.num_mask_tokens), :][:, select]
         ids = range(self.num_mask_tokens)[select]
 
-        src = src.transpose(1, 2).reshape(b, c, h, w)
-        upscaled = self.output_upscaling(src)
         hyper_in = torch.stack(
             [self.output_hypernetworks_mlps[i](mask_tokens_out[:, j]) for j, i in enumerate(ids)],
             dim=1,
         )
-        b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+        masks = self._upscale_and_predict(src, hyper_in, h, w)
         iou_pred = self.iou_prediction_head(iou_token_out)[:, select]
         return masks, iou_pred, mask_tokens_out
+
+    def _upscale_and_predict(
+        self, src: torch.Tensor, hyper_in: torch.Tensor, h: int, w: int
+    ) -> torch.Tensor:
+        """``output_upscaling`` on B x hw x C image tokens, then the per-pixel dot product with
+        the hypernetwork outputs B x M x C/8 -> masks B x M x 4h x 4w.
+
+        Same weights and math as the official ConvTranspose/LayerNorm2d stack. A 2x2 stride-2
+        transposed convolution maps each input pixel to its own 2x2 output block, so both
+        convolutions are per-pixel matmuls and the sub-pixel layout can stay blocked until the
+        (M-channel, small) masks are assembled: no full-size feature map is ever permuted."""
+        up0, ln, act0, up1, act1 = self.output_upscaling
+        b = src.shape[0]
+        x = _subpixel_linear(src, up0)  # b x hw*4 x C/4, rows (pixel, dy1, dx1)
+        x = act0(F.layer_norm(x, (x.shape[-1],), ln.weight, ln.bias, ln.eps))
+        x = act1(_subpixel_linear(x, up1))  # b x hw*16 x C/8, rows (pixel, dy1, dx1, dy2, dx2)
+        masks = x @ hyper_in.transpose(1, 2)  # b x hw*16 x M
+        m = masks.shape[-1]
+        masks = masks.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return masks.reshape(b, m, 4 * h, 4 * w)
+
+
+def _subpixel_linear(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+    """A kernel-2, stride-2 ConvTranspose2d as a matmul: B x N x Cin -> B x 4N x Cout, each
+    input row expanded to its 4 sub-pixels (dy, dx) in row-major order."""
+    b, n, cin = x.shape
+    cout = conv.out_channels
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)  # Cin x (dy, dx, Cout)
+    bias = conv.bias.repeat(4) if conv.bias is not None else x.new_zeros(4 * cout)
+    return torch.addmm(bias, x.reshape(b * n, cin), weight).view(b, 4 * n, cout)
 
 
 class MLP(nn.Module):

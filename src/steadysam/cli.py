@@ -1,0 +1,265 @@
+"""``steadysam`` command line: parse arguments, call the library, print.
+
+Exit codes: 0 ok, 1 runtime failure (network, unexpected error), 2 bad usage or bad input
+(unreadable image or checkpoint, click outside the image, empty box, unknown model name).
+Errors are one line on stderr; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+
+try:  # the eval subcommands live in steadysam.eval (optional while that package is written)
+    from .eval import cli as eval_cli
+except ModuleNotFoundError as e:
+    if e.name not in ("steadysam.eval", "steadysam.eval.cli"):
+        raise
+    eval_cli = None
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+# -- argument types --------------------------------------------------------------------------
+def _numbers(text: str, count: int, what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != count:
+        raise argparse.ArgumentTypeError(
+            f"{what} must be {count} comma-separated numbers: {text!r}"
+        )
+    return values
+
+
+def parse_click(text: str) -> tuple[float, float, bool]:
+    """``X,Y`` (positive), ``X,Y,+`` or ``X,Y,-`` -> (x, y, positive)."""
+    parts = text.split(",")
+    sign = parts.pop() if len(parts) == 3 else "+"
+    signs = {"+": True, "pos": True, "1": True, "-": False, "neg": False, "0": False}
+    if sign not in signs:
+        raise argparse.ArgumentTypeError(f"click label must be + or -, not {sign!r} in {text!r}")
+    x, y = _numbers(",".join(parts), 2, "a click (X,Y[,+|-])")
+    return x, y, signs[sign]
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """``X0,Y0,X1,Y1`` in image pixels."""
+    x0, y0, x1, y1 = _numbers(text, 4, "a box (X0,Y0,X1,Y1)")
+    return x0, y0, x1, y1
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    """Atomic PNG write (temporary file in the same folder + os.replace)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        Image.fromarray(image).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# -- subcommands -----------------------------------------------------------------------------
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (at least one)")
+    g.add_argument("--model", help="registered model name, e.g. sam_vit_b, focsam_vit_h")
+    g.add_argument("--checkpoint", help="weights: official SAM/FocSAM .pth or .safetensors")
+    g.add_argument("--pretrained", action="store_true", help="download --model's weights")
+    g.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="fully unpickle a .pth the safe loader refuses (runs code from the file)",
+    )
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .factory import build_model
+    from .predictor import Predictor
+    from .preprocess import load_image
+
+    if not args.click and args.box is None:
+        raise ValueError("give at least one --click X,Y[,+|-] or a --box X0,Y0,X1,Y1")
+    if args.model is None and args.checkpoint is None:
+        raise ValueError("give --checkpoint PATH or --model NAME")
+    rgb = load_image(args.image)  # before the model: a bad image fails fast
+    model = build_model(args.model, args.checkpoint, args.pretrained, trusted=args.trust_checkpoint)
+    if args.device:
+        model = model.to(args.device)
+    predictor = Predictor(model)
+    predictor.set_image(rgb)
+    session = predictor.new_object()
+    mask = None
+    if args.box is not None:
+        mask = session.set_box(*args.box)
+    for x, y, positive in args.click:
+        mask = session.click(x, y, positive)
+    out = Path(args.out)
+    _write_png(out, mask.astype(np.uint8) * 255)
+    h, w = mask.shape
+    area = int(mask.sum())
+    print(f"mask area: {area} px ({area / (h * w):.2%} of {w}x{h}); wrote {out}")
+    if args.logits:
+        logits = predictor.frame.logits_to_original(session.logits)[0, 0].cpu().numpy()
+        path = out.with_suffix(".logits.npy")
+        np.save(path, logits.astype(np.float32))
+        print(f"wrote logits {path}")
+    return EXIT_OK
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from . import hub
+
+    print(hub.download(args.name, args.dir, progress=not args.quiet))
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .checkpoints import describe_checkpoint
+
+    info = describe_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    print(f"checkpoint:    {info['path']}")
+    print(f"format:        {info['format']}")
+    print(f"architecture:  {info['summary']}")
+    print(f"matches:       {', '.join(info['matches']) or '(no registered name)'}")
+    print(f"refiner:       {'yes' if info['refiner'] else 'no'}")
+    print(f"preprocessing: {info['preprocess']} (encoder LayerNorm eps {info['encoder_norm_eps']})")
+    print(f"tensors:       {info['tensors']} ({', '.join(info['dtypes'])})")
+    print("parameters:")
+    for part, n in info["parameters"].items():
+        print(f"  {part:<15}{n:>14,}")
+    print(f"  {'total':<15}{info['total_parameters']:>14,}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="steadysam",
+        description="SAM and FocSAM interactive segmentation in plain PyTorch.",
+    )
+    parser.add_argument("--version", action="version", version=f"steadysam {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # --debug is also accepted after the subcommand; SUPPRESS keeps the top-level value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
+
+    p = sub.add_parser(
+        "segment",
+        parents=[common],
+        help="segment one object of an image from clicks and/or a box",
+        description="Applies the box (if any) and then the clicks, in order, to one object "
+        "(FocSAM protocol: previous logits as mask prompt, refiner once at the 2nd click) and "
+        "writes the final mask as a 0/255 PNG of the image's size.",
+        epilog="example: steadysam segment cat.jpg --model sam_vit_b --pretrained "
+        "--click 320,240 --click 100,50,- --out cat_mask.png",
+    )
+    p.add_argument("image", help="image file")
+    _add_model_args(p)
+    p.add_argument(
+        "--click",
+        action="append",
+        type=parse_click,
+        default=[],
+        metavar="X,Y[,+|-]",
+        help="a click in image pixels (x = column, y = row); + positive (default), - negative; "
+        "repeat for more clicks",
+    )
+    p.add_argument("--box", type=parse_box, metavar="X0,Y0,X1,Y1", help="box prompt, pixels")
+    p.add_argument("--out", required=True, help="output mask PNG")
+    p.add_argument(
+        "--logits", action="store_true", help="also write float32 logits to OUT.logits.npy"
+    )
+    p.add_argument("--device", help="torch device, e.g. cuda (default cpu)")
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser(
+        "download",
+        parents=[common],
+        help="download published weights into the cache",
+        description="Downloads and sha256-verifies published weights into $STEADYSAM_HOME "
+        "(default ~/.cache/steadysam) or --dir, and prints the file's path. FocSAM weights "
+        "need a manual step, which this command explains.",
+    )
+    p.add_argument("name", help="sam_vit_b, sam_vit_l, sam_vit_h (focsam_vit_h: instructions)")
+    p.add_argument("--dir", help="target folder (default: the cache)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser(
+        "info",
+        parents=[common],
+        help="describe a checkpoint: format, architecture, parameters",
+        description="Reads a checkpoint strictly and prints its format, the inferred "
+        "architecture, parameter counts per part, refiner presence and preprocessing.",
+    )
+    p.add_argument("checkpoint", help="checkpoint file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--trust-checkpoint", action="store_true", help="see segment --help")
+    p.set_defaults(func=cmd_info)
+
+    if eval_cli is not None:
+        eval_cli.add_parsers(sub)
+    return parser
+
+
+def _exit_code(error: BaseException) -> int:
+    # Bad input (ImageError, CheckpointError are ValueErrors; unknown names are KeyErrors;
+    # missing files are FileNotFoundErrors) is a usage problem; the rest is a runtime failure.
+    from .hub import HubError
+
+    if isinstance(error, HubError):
+        return EXIT_FAILURE
+    if isinstance(error, (ValueError, KeyError, FileNotFoundError, IsADirectoryError)):
+        return EXIT_USAGE
+    return EXIT_FAILURE
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits on --help, --version and usage errors
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return int(func(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        lines = str(message).strip().splitlines() or [type(e).__name__]
+        # Manual-download instructions are the point of the error: print them whole.
+        from .hub import ManualDownloadRequired
+
+        text = "\n".join(lines) if isinstance(e, ManualDownloadRequired) else " ".join(lines)
+        print(f"error: {text}", file=sys.stderr)
+        return _exit_code(e)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
