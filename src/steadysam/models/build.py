@@ -135,6 +135,21 @@ def focsam_vit_h() -> Sam:
     return build_sam(sam_config("focsam_vit_h"))
 
 
+def sam_tiny() -> Sam:
+    return build_sam(sam_config("sam_tiny"))
+
+
+def focsam_tiny() -> Sam:
+    return build_sam(sam_config("focsam_tiny"))
+
+
 MODEL_BUILDERS: dict[str, Callable[[], Sam]] = {
-    name: partial(lambda n: build_sam(sam_config(n)), name) for name in MODEL_CONFIGS
+    "sam_vit_b": sam_vit_b,
+    "sam_vit_l": sam_vit_l,
+    "sam_vit_h": sam_vit_h,
+    "focsam_vit_b": focsam_vit_b,
+    "focsam_vit_l": focsam_vit_l,
+    "focsam_vit_h": focsam_vit_h,
+    "sam_tiny": sam_tiny,
+    "focsam_tiny": focsam_tiny,
 }

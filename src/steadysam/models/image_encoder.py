@@ -145,10 +145,10 @@ class Attention(nn.Module):
         b, h, w, _ = qkv.shape
         qkv = qkv.reshape(b, h * w, 3, nh, C // nh).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # b x nh x hw x hd
-        bias = None
         if self.use_rel_pos:
-            bias = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w), (h, w))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+            out = rel_pos_attention(q, k, v, self.rel_pos_h, self.rel_pos_w, (h, w), self.scale)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         out = out.transpose(1, 2).reshape(b, h, w, C)
         if window_size > 0:
             out = window_unpartition(out, window_size, pad_hw, (H, W))
@@ -218,24 +218,36 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
     return rel_pos[relative_coords.long()]
 
 
-def rel_pos_bias(
+def rel_pos_attention(
     q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
     rel_pos_h: torch.Tensor,
     rel_pos_w: torch.Tensor,
-    q_size: tuple[int, int],
-    k_size: tuple[int, int],
+    size: tuple[int, int],
+    scale: float,
+    chunk_bytes: int = 16 << 20,
 ) -> torch.Tensor:
-    """Additive bias B x nh x (q_h q_w) x (k_h k_w) from unscaled queries B x nh x N x hd."""
-    q_h, q_w = q_size
-    k_h, k_w = k_size
-    Rh = get_rel_pos(q_h, k_h, rel_pos_h)
-    Rw = get_rel_pos(q_w, k_w, rel_pos_w)
+    """softmax(scale q k^T + decomposed relative-position bias) v for B x nh x (h w) x hd inputs.
+
+    The bias of a global block is nh x (hw)^2 floats (1 GiB for ViT-H), so it is built and
+    consumed a few query rows at a time: the chunk stays in cache and peak memory stays small."""
+    h, w = size
     B, nh, _, dim = q.shape
-    r_q = q.reshape(B * nh, q_h, q_w, dim)
+    Rh = get_rel_pos(h, h, rel_pos_h)
+    Rw = get_rel_pos(w, w, rel_pos_w)
+    r_q = q.reshape(B * nh, h, w, dim)
     rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, Rh)
     rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, Rw)
-    # Written into a contiguous buffer: the broadcast add would otherwise inherit the einsum
-    # outputs' strides and force a second full copy of this (large) tensor in the reshape.
-    bias = q.new_empty(B * nh, q_h, q_w, k_h, k_w)
-    torch.add(rel_h[:, :, :, :, None], rel_w[:, :, :, None, :], out=bias)
-    return bias.view(B, nh, q_h * q_w, k_h * k_w)
+    rows = max(1, chunk_bytes // (B * nh * w * h * w * q.element_size()))
+    outs = []
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        # Written into a contiguous buffer: a plain broadcast add would inherit the einsum
+        # outputs' strides and cost a second copy in the reshape.
+        bias = q.new_empty(B * nh, r1 - r0, w, h, w)
+        torch.add(rel_h[:, r0:r1, :, :, None], rel_w[:, r0:r1, :, None, :], out=bias)
+        bias = bias.view(B, nh, (r1 - r0) * w, h * w)
+        qc = q[:, :, r0 * w : r1 * w]
+        outs.append(F.scaled_dot_product_attention(qc, k, v, attn_mask=bias, scale=scale))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
