@@ -222,3 +222,35 @@ def test_input_validation():
         next_click(np.zeros((4, 4)), np.zeros((4, 5)))
     with pytest.raises(ValueError, match="rule"):
         next_click(np.zeros((4, 4)), np.zeros((4, 4)), rule="nope")
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_erosion_fast_path_equals_transform_path(seed, monkeypatch):
+    """Small maxima are found with erosions; forcing the transform everywhere changes nothing."""
+    import steadysam.clicks as clicks_mod
+
+    rng = np.random.default_rng(seed)
+    h, w = 30, 40
+    gt = np.zeros((h, w), np.uint8)
+    for _ in range(4):  # thin bars and small blobs: maxima below and above the cap
+        x, y = int(rng.integers(w)), int(rng.integers(h))
+        cv2.rectangle(
+            gt, (x, y), (x + int(rng.integers(1, 20)), y + int(rng.integers(1, 8))), 1, -1
+        )
+    pred = np.roll(gt, int(rng.integers(-3, 4)), axis=int(rng.integers(2))).astype(bool)
+    gt = gt.astype(bool)
+    clicks = [Click(int(rng.integers(w)), int(rng.integers(h)), True) for _ in range(3)]
+
+    def run():
+        out = [next_click(gt, pred, clicks)]
+        for k in (1.0, 1.7, -1.0):
+            out.append(
+                next_click(
+                    gt, pred, clicks, rule="focsam", inner_k=k, rng=np.random.default_rng(seed)
+                )
+            )
+        return out
+
+    fast = run()
+    monkeypatch.setattr(clicks_mod, "_CAP", 1)  # every map goes through the transform
+    assert run() == fast

@@ -54,7 +54,7 @@ def test_sigkill_then_restart_loses_and_duplicates_nothing(tmp_path):
     script = _script(tmp_path)
     conf = json.dumps(_config(data, out))
     part = out / "parts" / "rank-000.jsonl"
-    proc = subprocess.Popen([sys.executable, str(script), conf, "0.03"], env=_env())
+    proc = subprocess.Popen([sys.executable, str(script), conf, "0.05"], env=_env())
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

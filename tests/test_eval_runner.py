@@ -147,3 +147,34 @@ def test_focsam_clicker_is_seeded_per_sample(tmp_path):
     assert runs[0] == runs[1] and runs[0] != runs[2]
     s = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert s["ignore"] == "background" and s["clicker"] == "focsam"
+
+
+def test_grabcut_ignore_band_excluded_for_ritm_background_for_focsam(tmp_path):
+    from test_eval_support import DATA
+
+    from steadysam.eval import load_dataset
+    from steadysam.eval.metrics import iou
+
+    ds = load_dataset("GrabCut", DATA)
+    ds.items = [it for it in ds.items if it.key == "124080"]
+    runs = {}
+    for ignore in ("exclude", "background"):
+        c = EvalConfig(
+            dataset="GrabCut",
+            model="fake",
+            clicks=3,
+            ignore=ignore,
+            progress=False,
+            out=str(tmp_path / ignore),
+        )
+        evaluate(c, predictor=FakePredictor(radius=120), loaded_dataset=ds)
+        (runs[ignore],) = read_records(tmp_path / ignore)
+    assert runs["exclude"]["ignore_pixels"] > 0
+    ob = ds.items[0].masks[0].load()[0]
+    h, w = ob.gt.shape
+    yy, xx = np.mgrid[:h, :w]
+    x, y, _ = runs["exclude"]["clicks"][0]
+    pred = (yy - y) ** 2 + (xx - x) ** 2 <= 120**2
+    assert runs["exclude"]["ious"][0] == pytest.approx(iou(pred, ob.gt, ob.ignore))
+    assert runs["background"]["ious"][0] == pytest.approx(iou(pred, ob.gt))
+    assert runs["exclude"]["ious"][0] != runs["background"]["ious"][0]

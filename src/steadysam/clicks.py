@@ -69,52 +69,113 @@ def _as_bool(mask: np.ndarray, name: str) -> np.ndarray:
     return mask if mask.dtype == bool else mask.astype(bool)
 
 
+# Squared distances a lattice point can have, up to _CAP: small maxima are found exactly with
+# erosions (E_k = erode(mask, {q: |q|^2 < k}) holds the pixels with DT^2 >= k), which are 10-50x
+# cheaper than the transform; only maps whose max DT^2 reaches _CAP pay for the transform.
+_CAP = 16
+_LEVELS = sorted({a * a + b * b for a in range(5) for b in range(5)} - {0})
+_LEVELS = [k for k in _LEVELS if k <= _CAP]
+_KERNELS: dict[int, np.ndarray] = {}
+
+
+def _kernel(k: int) -> np.ndarray:
+    """Structuring element {q : |q|^2 < k} (an open digital disk)."""
+    if k not in _KERNELS:
+        r = int(np.sqrt(k - 0.5))
+        yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+        _KERNELS[k] = ((yy * yy + xx * xx) < k).astype(np.uint8)
+    return _KERNELS[k]
+
+
 class _ErrorMap:
-    """One error map (H x W bool) with a lazily computed, bbox-cropped padded exact DT.
+    """One error map (H x W bool) restricted to its bounding box, with exact distance queries.
 
     ``bound_sq`` is a free upper bound of the squared max distance: a pixel of an h x w box is
-    at most ``(min(h, w) + 1) // 2`` from the background ring around the box. It lets
-    ``next_click`` skip the second transform when the first one already decides the sign.
+    at most ``(min(h, w) + 1) // 2`` from the background ring around the box. ``zero``: clicks
+    whose distance counts as 0 (RITM zeroes clicked pixels after the transform).
     """
 
-    def __init__(self, mask: np.ndarray) -> None:
-        self.mask = mask
+    def __init__(self, mask: np.ndarray, zero: Sequence[Click] = ()) -> None:
         self.x0, self.y0, self.w, self.h = cv2.boundingRect(mask.view(np.uint8))
         r = (min(self.w, self.h) + 1) // 2
         self.bound_sq = float(r * r)
+        self.crop = mask.view(np.uint8)[self.y0 : self.y0 + self.h, self.x0 : self.x0 + self.w]
+        inside = [(c.y - self.y0, c.x - self.x0) for c in zero]
+        self.zero = [(y, x) for y, x in inside if 0 <= y < self.h and 0 <= x < self.w]
         self._dt: np.ndarray | None = None
-        self._near: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._top: np.ndarray | None = None  # E_max (erosion path)
+        self._near: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (transform path)
 
-    def dt(self, clicks: Sequence[Click] = ()) -> np.ndarray | None:
-        """h x w float32 DT of the box (None for an empty map); ``clicks`` zeroed (RITM)."""
+    def level(self, k: int) -> np.ndarray:
+        """h x w uint8, 1 where DT^2 >= k (outside the box is background: border value 0)."""
+        if k <= 1:
+            e = self.crop.copy()
+        else:
+            e = cv2.erode(self.crop, _kernel(k), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        for y, x in self.zero:
+            e[y, x] = 0
+        return e
+
+    def dt(self) -> np.ndarray | None:
+        """h x w float32 padded DT of the box (None for an empty map), clicks zeroed."""
         if self._dt is None and self.bound_sq > 0:
-            x0, y0, w, h = self.x0, self.y0, self.w, self.h
-            box = self.mask.view(np.uint8)[y0 : y0 + h, x0 : x0 + w]
-            crop = cv2.copyMakeBorder(box, 1, 1, 1, 1, cv2.BORDER_CONSTANT, 0)
+            crop = cv2.copyMakeBorder(self.crop, 1, 1, 1, 1, cv2.BORDER_CONSTANT, 0)
             dt = cv2.distanceTransform(crop, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
-            for c in clicks:  # RITM multiplies the DT by its not-clicked map afterwards
-                if 0 <= c.y - y0 < h and 0 <= c.x - x0 < w:
-                    dt[c.y - y0, c.x - x0] = 0.0
+            for y, x in self.zero:
+                dt[y, x] = 0.0
             self._dt = dt
         return self._dt
 
-    def max_sq(self, clicks: Sequence[Click] = ()) -> float:
+    def max_sq(self) -> float:
         """Exact squared maximum distance (0.0 when no pixel is left)."""
-        dt = self.dt(clicks)
-        if dt is None:
+        if self.bound_sq == 0:
             return 0.0
-        m = float(dt.max())
-        if m == 0:
-            return 0.0
-        self._near = _near(dt, m)
+        if self.bound_sq < _CAP or not self.level(_CAP).any():
+            levels = [k for k in _LEVELS if k <= self.bound_sq]
+            top = self.level(1)
+            if not top.any():
+                return 0.0
+            lo, hi = 0, len(levels) - 1  # levels[lo] is reached; find the last reached level
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                e = self.level(levels[mid])
+                if e.any():
+                    lo, top = mid, e
+                else:
+                    hi = mid - 1
+            self._top = top
+            return float(levels[lo])
+        dt = self.dt()
+        assert dt is not None
+        self._near = _near(dt, float(dt.max()))
         return float(self._near[2].max())
 
     def first_max(self) -> tuple[int, int]:
         """(row, col) in the image of the first exact maximum in row-major order."""
-        assert self._near is not None
-        rows, cols, sq = self._near
-        i = int(np.argmax(sq))
-        return self.y0 + int(rows[i]), self.x0 + int(cols[i])
+        if self._top is not None:
+            r, c = divmod(int(np.argmax(self._top)), self.w)
+        else:
+            assert self._near is not None
+            rows, cols, sq = self._near
+            i = int(np.argmax(sq))
+            r, c = int(rows[i]), int(cols[i])
+        return self.y0 + r, self.x0 + c
+
+    def candidates(self, max_sq: float, inner_k: float) -> tuple[np.ndarray, np.ndarray]:
+        """Row-major (rows, cols) in the box of the FocSAM set ``DT > max / (inner_k + eps)``."""
+        if inner_k < 0.0:
+            return np.nonzero(self.level(1))
+        if inner_k < 1.0:
+            raise ValueError(f"inner_k must be >= 1 or < 0, got {inner_k}")
+        t_sq = max_sq / (inner_k + FLOAT32_EPS) ** 2
+        if self._top is not None:  # DT^2 > t_sq  <=>  DT^2 >= the next lattice level
+            k = next(k for k in _LEVELS if k > t_sq)
+            return np.nonzero(self._top if k >= max_sq else self.level(k))
+        dt = self.dt()
+        assert dt is not None
+        rows, cols, sq = _near(dt, float(np.sqrt(t_sq)))
+        keep = sq > t_sq
+        return rows[keep], cols[keep]
 
 
 def _cropped_dt(mask: np.ndarray) -> tuple[np.ndarray | None, int, int]:
@@ -145,22 +206,6 @@ def _near(dt: np.ndarray, d: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     """Row-major (rows, cols, exact squared distances) of the pixels with DT >~ ``d``."""
     rows, cols = np.nonzero(dt >= np.float32(d * (1.0 - _SLACK)))
     return rows, cols, np.rint(dt[rows, cols].astype(np.float64) ** 2)
-
-
-def _choose(dt: np.ndarray, max_sq: float, inner_k: float, rng: Rng) -> tuple[int, int]:
-    """FocSAM candidate set ``DT > max / (inner_k + eps)`` and a uniform draw; (row, col)."""
-    if inner_k >= 1.0:
-        d_thr = np.sqrt(max_sq) / (inner_k + FLOAT32_EPS)
-        rows, cols, sq = _near(dt, d_thr)
-        keep = sq > d_thr * d_thr
-        rows, cols = rows[keep], cols[keep]
-    elif inner_k < 0.0:
-        rows, cols = np.nonzero(dt > 0)
-    else:
-        raise ValueError(f"inner_k must be >= 1 or < 0, got {inner_k}")
-    n = len(rows)
-    i = rng.randrange(n) if isinstance(rng, random.Random) else int(rng.integers(n))
-    return int(rows[i]), int(cols[i])
 
 
 def next_click(
@@ -211,15 +256,15 @@ def next_click(
             fn[c.y, c.x] = False
             fp[c.y, c.x] = False
     zero = clicks if rule == "ritm" else ()
-    fn_map, fp_map = _ErrorMap(fn), _ErrorMap(fp)
-    # Transform the map that can reach farther first; skip the other when its bound already
+    fn_map, fp_map = _ErrorMap(fn, zero), _ErrorMap(fp, zero)
+    # Measure the map that can reach farther first; skip the other when its bound already
     # settles the sign (strict: ties go negative in both codebases).
     if fn_map.bound_sq >= fp_map.bound_sq:
-        fn_sq = fn_map.max_sq(zero)
-        fp_sq = fp_map.max_sq(zero) if fp_map.bound_sq >= fn_sq else 0.0
+        fn_sq = fn_map.max_sq()
+        fp_sq = fp_map.max_sq() if fp_map.bound_sq >= fn_sq else 0.0
     else:
-        fp_sq = fp_map.max_sq(zero)
-        fn_sq = fn_map.max_sq(zero) if fn_map.bound_sq > fp_sq else 0.0
+        fp_sq = fp_map.max_sq()
+        fn_sq = fn_map.max_sq() if fn_map.bound_sq > fp_sq else 0.0
     if fn_sq == 0 and fp_sq == 0:
         return None
     positive = fn_sq > fp_sq
@@ -227,10 +272,10 @@ def next_click(
     if rule == "ritm":
         y, x = em.first_max()  # the box crop preserves row-major order
     else:
-        dt = em.dt()
-        assert dt is not None
-        r, c = _choose(dt, max_sq, inner_k, rng if rng is not None else np.random.default_rng(0))
-        y, x = em.y0 + r, em.x0 + c
+        rows, cols = em.candidates(max_sq, inner_k)
+        rng = rng if rng is not None else np.random.default_rng(0)
+        i = rng.randrange(len(rows)) if isinstance(rng, random.Random) else rng.integers(len(rows))
+        y, x = em.y0 + int(rows[i]), em.x0 + int(cols[i])
     return Click(x=x, y=y, positive=positive)
 
 

@@ -6,13 +6,13 @@ Python API::
     summary = evaluate(model="focsam_tiny", dataset="GrabCut", data_root="data", clicks=20)
 
 See docs/eval.md for the protocol details and the run-directory layout. This package never
-imports ``steadysam.train``; torch is only imported when a model is built or torchrun is used.
+imports ``steadysam.train``.
 """
 
 from steadysam.eval.datasets import Dataset, DatasetError, ImageItem, ObjectGT, load_dataset
 from steadysam.eval.metrics import iou, noc, summarize
-from steadysam.eval.report import report
-from steadysam.eval.runner import EvalConfig, RunError, evaluate, finalize, read_records
+from steadysam.eval.report import finalize, read_records, report
+from steadysam.eval.runner import EvalConfig, RunError, evaluate
 
 __all__ = [
     "Dataset",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -132,8 +133,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except (DatasetError, RunError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if summary is None:
-        return 0
+    if summary is None or int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, rank 0 speaks for the run
     noc = summary["noc"]
     print(
         f"{summary['label']} on {summary['dataset']}: {summary['num_samples']} samples, "

@@ -120,7 +120,8 @@ def _title(s: dict[str, Any]) -> str:
 
 def run_table(summaries: Sequence[dict[str, Any]]) -> str:
     """One row per run: NoC, both NoF conventions, mIoU@k, SPC (paper: total (decoder-only))."""
-    n = max((s["clicks"] for s in summaries), default=20)
+    budgets = {s["clicks"] for s in summaries}
+    n = str(budgets.pop()) if len(budgets) == 1 else "N"  # N: each run's own budget
     head = (
         f"| Method | Dataset | #Obj | NoC@85 | NoC@90 | NoC@95 | NoF@85 | NoF@90 | NoF@95 "
         f"| ≥{n}@85 | ≥{n}@90 | mIoU@1 | mIoU@5 | mIoU@{n} | SPC s (dec.) | errors |"
@@ -149,8 +150,9 @@ def run_table(summaries: Sequence[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     notes = [
         "",
-        f"NoF@t: objects never reaching IoU t within the budget; ≥{n}@t: RITM's count of "
-        f"NoC == {n} (also counts objects first reaching t on the last click). mIoU in %. "
+        f"NoF@t: objects never reaching IoU t within the budget {n}; ≥{n}@t: RITM's count of "
+        f"NoC == {n} (also counts objects first reaching t on the last click). mIoU in %; "
+        f"mIoU@{n} after the last click. "
         "SPC: (encoder + decoder + refiner) / clicks, encoder charged to every object as in "
         "the FocSAM paper; decoder-only SPC in parentheses.",
     ]

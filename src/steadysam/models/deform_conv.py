@@ -17,6 +17,64 @@ def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
+def deform_columns(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor,
+    kernel_size: tuple[int, int],
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 1,
+    dilation: int | tuple[int, int] = 1,
+) -> torch.Tensor:
+    """Modulated bilinear samples of every kernel tap (the DCNv2 "im2col").
+
+    Arguments:
+      x (Tensor): B x Cin x H x W (any memory format).
+      offset (Tensor): B x 2K x Ho x Wo, K = kh * kw; channel 2k = dy, 2k + 1 = dx of tap k.
+      mask (Tensor): B x K x Ho x Wo.
+
+    Returns:
+      (Tensor): B x (Cin * K) x (Ho * Wo) columns, Cin-major, ready for weight.view(Cout, -1) @ .
+    """
+    b, cin, h, w = x.shape
+    kh, kw = kernel_size
+    k = kh * kw
+    sh, sw = _pair(stride)
+    ph, pw = _pair(padding)
+    dh, dw = _pair(dilation)
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if offset.shape != (b, 2 * k, ho, wo) or mask.shape != (b, k, ho, wo):
+        raise ValueError(
+            f"offset {tuple(offset.shape)} / mask {tuple(mask.shape)} do not match "
+            f"({b}, {2 * k} / {k}, {ho}, {wo})"
+        )
+    # Sample positions in at least fp32: half precision cannot hold fractional pixel positions.
+    dev, dt = x.device, torch.promote_types(offset.dtype, torch.float32)
+    tap_y = (torch.arange(kh, device=dev, dtype=dt) * dh).repeat_interleave(kw)
+    tap_x = (torch.arange(kw, device=dev, dtype=dt) * dw).repeat(kh)
+    off = offset.reshape(b, k, 2, ho, wo)
+    py = off[:, :, 0] + (tap_y.view(k, 1, 1) + (torch.arange(ho, device=dev) * sh - ph).view(1, ho, 1))
+    px = off[:, :, 1] + (tap_x.view(k, 1, 1) + (torch.arange(wo, device=dev) * sw - pw).view(1, 1, wo))
+    # mmcv / torchvision return 0 (and no gradient) for samples at or beyond one pixel outside;
+    # grid_sample alone would still differentiate the in-range corner at exactly y = -1 or x = -1.
+    inside = (py > -1) & (py < h) & (px > -1) & (px < w)
+    grid = torch.stack(((2 * px + 1) / w - 1, (2 * py + 1) / h - 1), dim=-1)
+    cols = F.grid_sample(
+        x,
+        grid.view(b, k, ho * wo, 2).to(x.dtype),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+    )  # B, Cin, K, Ho*Wo
+    mod = (mask.reshape(b, 1, k, ho * wo) * inside.view(b, 1, k, ho * wo)).to(cols.dtype)
+    if torch.is_grad_enabled() and (x.requires_grad or offset.requires_grad or mask.requires_grad):
+        cols = cols * mod
+    else:
+        cols.mul_(mod)  # saves a full-size temporary at inference
+    return cols.view(b, cin * k, ho * wo)
+
+
 def modulated_deform_conv2d(
     x: torch.Tensor,
     offset: torch.Tensor,
@@ -45,43 +103,14 @@ def modulated_deform_conv2d(
     input (zero outside), and a sample with y <= -1, y >= H, x <= -1 or x >= W reads exactly zero
     with zero gradient, matching the mmcv / torchvision kernels also at those boundaries.
     """
-    b, cin, h, w = x.shape
-    cout, _, kh, kw = weight.shape
-    sh, sw = _pair(stride)
-    ph, pw = _pair(padding)
-    dh, dw = _pair(dilation)
-    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    if offset.shape != (b, 2 * kh * kw, ho, wo) or mask.shape != (b, kh * kw, ho, wo):
-        raise ValueError(
-            f"offset {tuple(offset.shape)} / mask {tuple(mask.shape)} do not match "
-            f"({b}, {2 * kh * kw} / {kh * kw}, {ho}, {wo})"
-        )
-    # Lay the K samples of every output pixel out as a kh x kw tile of a (kh*Ho) x (kw*Wo) image,
-    # so that an ordinary strided convolution with the same weight performs the contraction.
-    off = offset.reshape(b, kh, kw, 2, ho, wo).permute(0, 4, 1, 5, 2, 3)  # B, Ho, kh, Wo, kw, 2
-    # Sample positions in at least fp32: half precision cannot hold fractional pixel positions.
-    dev, dt = x.device, torch.promote_types(offset.dtype, torch.float32)
-    base_y = (torch.arange(ho, device=dev, dtype=dt) * sh - ph).view(ho, 1, 1, 1)
-    base_y = base_y + (torch.arange(kh, device=dev, dtype=dt) * dh).view(1, kh, 1, 1)
-    base_x = (torch.arange(wo, device=dev, dtype=dt) * sw - pw).view(1, 1, wo, 1)
-    base_x = base_x + (torch.arange(kw, device=dev, dtype=dt) * dw).view(1, 1, 1, kw)
-    py = base_y + off[..., 0]  # B, Ho, kh, Wo, kw
-    px = base_x + off[..., 1]
-    # mmcv / torchvision return 0 (and no gradient) for samples at or beyond one pixel outside;
-    # grid_sample alone would still differentiate the in-range corner at exactly y = -1 or x = -1.
-    inside = (py > -1) & (py < h) & (px > -1) & (px < w)
-    grid = torch.stack(((2 * px + 1) / w - 1, (2 * py + 1) / h - 1), dim=-1).to(x.dtype)
-    cols = F.grid_sample(
-        x,
-        grid.reshape(b, ho * kh, wo * kw, 2),
-        mode="bilinear",
-        padding_mode="zeros",
-        align_corners=False,
-    )
-    mod = mask.reshape(b, kh, kw, ho, wo).permute(0, 3, 1, 4, 2) * inside
-    cols = cols * mod.reshape(b, 1, ho * kh, wo * kw).to(cols.dtype)
-    return F.conv2d(cols, weight, bias, stride=(kh, kw))
+    cout = weight.shape[0]
+    ho, wo = offset.shape[-2:]
+    cols = deform_columns(x, offset, mask, tuple(weight.shape[2:]), stride, padding, dilation)
+    # bmm with a broadcast kernel: torch.matmul would fold the batch and copy the columns.
+    out = torch.bmm(weight.reshape(1, cout, -1).expand(cols.shape[0], -1, -1), cols)
+    if bias is not None:
+        out = out + bias.view(1, cout, 1)
+    return out.view(x.shape[0], cout, ho, wo)
 
 
 class ModulatedDeformConv2d(nn.Module):

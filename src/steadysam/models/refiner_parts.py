@@ -173,5 +173,5 @@ class MSAModule(nn.Module):
         f1 = torch.addcmul(f, h, self.gamma1.view(c))
         # Channels-last view of the tokens: the convolutions need no layout copy.
         y = self.conv2(f1.view(nw, *size, c).permute(0, 3, 1, 2))
-        y = F.relu(self.norm2(y))
-        return torch.addcmul(f, y.permute(0, 2, 3, 1).reshape(nw, n, c), self.gamma2.view(c))
+        y = F.relu(self.norm2(y), inplace=True)
+        return torch.addcmul(f, y.flatten(2).transpose(1, 2), self.gamma2.view(c))

@@ -1,0 +1,349 @@
+"""Training configuration: dataclasses, YAML files and ``key=value`` overrides.
+
+A recipe is one YAML file whose sections mirror :class:`TrainConfig`; unknown keys and values of
+the wrong type are errors that name the offending key. Overrides use dotted paths, list items by
+index (``data.datasets.0.gamma=0.9``); values are parsed as YAML (``optim.betas=[0.9,0.99]``,
+``data.cache=null``). Relative paths are relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PARTS = ("image_encoder", "prompt_encoder", "mask_decoder", "refiner")
+STAGES = ("sam", "refiner")
+DATASET_TYPES = ("folder", "coco", "lvis")
+
+
+class ConfigError(ValueError):
+    """A bad training configuration (unknown key, wrong type, inconsistent settings)."""
+
+
+@dataclass
+class DatasetConfig:
+    """One training source. ``weight`` multiplies its size in the mixture: with all weights 1
+    every image is equally likely (the official ConcatDataset); weight 2 visits this source's
+    images twice as often."""
+
+    type: str = "folder"  # folder | coco (instances or panoptic, auto-detected) | lvis
+    name: str = ""  # label for logs; default "<type><index>"
+    images: str = ""  # image folder
+    masks: str = ""  # folder: masks; coco panoptic: PNG folder (default: JSON path sans .json)
+    annotations: str = ""  # coco / lvis: annotation JSON
+    mask_mode: str = "instance"  # folder: instance (each non-zero value is an object) | binary
+    weight: float = 1.0
+    gamma: float = 0.6  # P(k simulated rounds) ∝ gamma^k, k = 0..sim.max_rounds (spec §7.3)
+    refine_gamma: float = 0.6  # P(refine step = k) ∝ refine_gamma^k, k = 0..rounds (spec §7.4)
+    overlap_filter: float | None = None  # lvis: drop masks overlapping kept ones by > this (0.5)
+    include_crowd: bool = True
+
+
+@dataclass
+class DataConfig:
+    datasets: list[DatasetConfig] = field(default_factory=list)
+    batch_size: int = 16  # global batch, split evenly over torchrun ranks
+    num_workers: int = 4
+    color_aug: bool = True  # PhotoMetricDistortion (spec §7.1)
+    cache: str | None = None  # embedding cache folder (steadysam embed); needs a frozen encoder
+
+
+@dataclass
+class ModelConfig:
+    """``name`` picks a registered architecture, ``arch`` overrides its SamConfig fields
+    (``refiner: null`` removes the refiner, a dict overrides RefinerConfig fields); weights come
+    from ``checkpoint`` (any format ``build_model`` reads; a SAM checkpoint may initialise a
+    FocSAM model, the refiner then starts from its §4.9 init)."""
+
+    name: str = "focsam_vit_h"
+    arch: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    trainable: list[str] = field(default_factory=lambda: ["mask_decoder"])
+
+
+@dataclass
+class SimConfig:
+    max_rounds: int = 20  # simulated rounds k drawn in 0..max_rounds -> up to 21 clicks
+    first_inner_k: float = 1.0  # first click: the interior-most pixel (spec §5.1)
+    inner_k: float = 1.7  # later clicks: random pixel with DT > max / 1.7
+    expand_ratio: tuple[float, float] = (1.0, 1.4)  # focus-box expansion ~ U per axis
+
+
+@dataclass
+class LossConfig:
+    nfl_weight: float = 1.0
+    nfl_alpha: float = 0.5
+    nfl_gamma: float = 2.0
+    eps: float = 1.19e-7
+    ptl_weight: float = 0.0  # point loss; 1.0 in FocSAM stage 2
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.05
+    warmup_iters: int = 1500
+    warmup_start_factor: float = 1e-6
+    grad_clip: float | None = None  # max grad norm; None = no clipping (official)
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/train"
+    checkpoint_every: int = 20000
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    export: str | None = None  # also copy the final safetensors here
+    device: str = "auto"  # auto | cpu | cuda
+    progress: bool = True
+    plot: bool = True
+    threads: int = 0  # torch CPU threads per process; 0 = leave torch's default
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "sam"  # sam: decoder / SAM training (NFL) | refiner: FocSAM stage 2 (NFL + PTL)
+    iters: int = 320000
+    seed: int = 42
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> TrainConfig:
+        """Cross-field checks; returns self. Raises ConfigError."""
+        if self.stage not in STAGES:
+            raise ConfigError(f"stage must be one of {STAGES}, not {self.stage!r}")
+        bad = sorted(set(self.model.trainable) - set(PARTS))
+        if bad:
+            raise ConfigError(f"model.trainable: unknown parts {bad}; known: {list(PARTS)}")
+        if not self.model.trainable:
+            raise ConfigError("model.trainable is empty: nothing to train")
+        arch = self.arch()
+        if self.stage == "refiner" and arch.refiner is None:
+            raise ConfigError("stage refiner needs a model with a refiner (e.g. focsam_vit_h)")
+        if "refiner" in self.model.trainable and arch.refiner is None:
+            raise ConfigError("model.trainable lists 'refiner' but the model has none")
+        if self.data.cache and "image_encoder" in self.model.trainable:
+            raise ConfigError("data.cache needs a frozen image encoder (remove it from trainable)")
+        if not self.data.datasets:
+            raise ConfigError("data.datasets is empty")
+        for i, d in enumerate(self.data.datasets):
+            if d.type not in DATASET_TYPES:
+                raise ConfigError(f"data.datasets.{i}.type must be one of {DATASET_TYPES}")
+            if d.weight <= 0 or not 0 < d.gamma or not 0 < d.refine_gamma:
+                raise ConfigError(f"data.datasets.{i}: weight, gamma, refine_gamma must be > 0")
+            d.name = d.name or f"{d.type}{i}"
+        if self.data.batch_size < 1 or self.iters < 1 or self.sim.max_rounds < 0:
+            raise ConfigError("data.batch_size and iters must be >= 1, sim.max_rounds >= 0")
+        lo, hi = self.sim.expand_ratio
+        if not 0 < lo <= hi:
+            raise ConfigError(f"sim.expand_ratio must be (low, high), 0 < low <= high: {lo, hi}")
+        return self
+
+    def arch(self):
+        """The model's SamConfig: the named architecture with ``model.arch`` applied."""
+        from ..models.build import sam_config
+        from ..models.config import RefinerConfig, SamConfig
+
+        try:
+            base = sam_config(self.model.name).to_dict()
+        except KeyError as e:
+            raise ConfigError(f"model.name: {e.args[0]}") from None
+        arch = dict(self.model.arch)
+        if "refiner" in arch:
+            ref = arch.pop("refiner")
+            if ref is None:
+                base["refiner"] = None
+            elif isinstance(ref, dict):
+                merged = dict(base["refiner"] or dataclasses.asdict(RefinerConfig()), **ref)
+                known = {f.name for f in dataclasses.fields(RefinerConfig)}
+                if set(merged) - known:
+                    raise ConfigError(f"model.arch.refiner: unknown fields {set(merged) - known}")
+                base["refiner"] = merged
+            else:
+                raise ConfigError("model.arch.refiner must be null or a mapping")
+        unknown = sorted(set(arch) - set(base))
+        if unknown:
+            raise ConfigError(f"model.arch: unknown SamConfig fields {unknown}")
+        base.update(arch)
+        try:
+            return SamConfig.from_dict(base)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model.arch: {e}") from None
+
+
+# -- dict <-> dataclass with type checking ----------------------------------------------------
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` checked against (and lightly converted to) the annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: bad value {value!r}")
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}.{i}") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        pairs = enumerate(zip(value, args, strict=True))
+        return tuple(_coerce(v, a, f"{key}.{i}") for i, (v, a) in pairs)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp in (int, float, str) and (not isinstance(value, tp) or isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Dataclass ``cls`` from a (nested) mapping; unknown keys and bad types raise ConfigError."""
+    hints = _hints(cls)
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key {where}{unknown[0]!s} (known in {prefix or 'the top level'}: "
+            f"{', '.join(hints)})"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def apply_override(cfg: TrainConfig, text: str) -> None:
+    """Apply one ``dotted.key=value`` override in place (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. optim.lr=3e-4")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: cannot parse value: {e}") from None
+    parts = key.strip().split(".")
+    obj: Any = cfg
+    for i, part in enumerate(parts):
+        path = ".".join(parts[: i + 1])
+        last = i == len(parts) - 1
+        if dataclasses.is_dataclass(obj):
+            hints = _hints(type(obj))
+            if part not in hints:
+                raise ConfigError(f"unknown config key {path!r} (known: {', '.join(hints)})")
+            if last:
+                setattr(obj, part, _coerce(value, hints[part], path))
+            else:
+                obj = getattr(obj, part)
+        elif isinstance(obj, list):
+            if not part.isdigit() or int(part) >= len(obj):
+                raise ConfigError(f"{path!r}: index out of range (list has {len(obj)} items)")
+            if last:
+                raise ConfigError(f"{path!r}: set fields of list items, e.g. {path}.weight=2")
+            obj = obj[int(part)]
+        elif isinstance(obj, dict):  # free-form mapping (model.arch): checked in validate()
+            if last:
+                obj[part] = value
+            else:
+                obj = obj.setdefault(part, {})
+                if not isinstance(obj, dict):
+                    raise ConfigError(f"{path!r} is not a mapping")
+        else:
+            raise ConfigError(f"{path!r}: {'.'.join(parts[:i])} has no fields")
+
+
+def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; anything else (lists included) is replaced."""
+    out = dict(base)
+    for k, v in child.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML recipe as a mapping; ``base: other.yaml`` (relative to this file) is read first
+    and this file's keys are merged over it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"training config not found: {str(path)!r}")
+    if path.resolve() in seen:
+        raise ConfigError(f"{str(path)!r}: circular 'base' chain")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{str(path)!r} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{str(path)!r}: expected a mapping at the top level")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{str(path)!r}: 'base' must be a file name")
+    return _merge(_read_yaml(path.parent / base, (*seen, path.resolve())), data)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML recipe (or the defaults when ``path`` is None), apply overrides, validate.
+
+    A recipe may start from another with ``base: other.yaml`` (mappings are merged)."""
+    data = _read_yaml(Path(path)) if path is not None else {}
+    try:
+        cfg = from_dict(TrainConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+    for text in overrides:
+        apply_override(cfg, text)
+    return cfg.validate()
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """YAML text of a config (tuples as lists)."""
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    return yaml.safe_dump(plain(cfg.to_dict()), sort_keys=False)

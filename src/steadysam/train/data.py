@@ -1,0 +1,183 @@
+"""The training data stream: weighted mixture of sources, per-visit object sampling, colour
+augmentation, resize + pad into the model frame, and a batch sampler sharded over ranks.
+
+Every sample is a pure function of (seed, global sample index): the mixture order is a seeded
+permutation per virtual epoch, and each sample's object choice and colour draw come from
+``default_rng([seed, index])``. A resumed run therefore sees exactly the batches it would have
+seen, with no loader state to save, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..preprocess import Frame, image_to_tensor, load_image
+from .config import DataConfig
+from .sources import DatasetError, Source, build_source, read_mask
+from .transforms import color_augment_rgb, mask_to_frame
+
+__all__ = [
+    "DatasetError",
+    "Mixture",
+    "TrainSamples",
+    "IterationBatches",
+    "collate",
+    "build_sources",
+    "cache_key",
+    "read_mask",
+]
+
+
+def build_sources(cfg: DataConfig) -> list[Source]:
+    return [build_source(d) for d in cfg.datasets]
+
+
+def cache_key(path: Path) -> str:
+    """Embedding-cache key of an image file: readable stem + hash of the resolved path (COCO and
+    LVIS name the same train2017 files, so they share entries, as in the official cache)."""
+    import hashlib
+
+    full = str(Path(path).resolve())
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(path).stem)[:40]
+    return f"{stem}-{hashlib.sha1(full.encode()).hexdigest()[:12]}"
+
+
+class Mixture:
+    """Weighted concatenation of sources walked in a seeded random order.
+
+    A virtual epoch holds ``round(weight * len(source))`` slots per source (at least one);
+    slot ``j`` of a source maps to its image ``j % len``. Global index ``n`` falls in epoch
+    ``n // L`` at position ``n % L`` of that epoch's permutation (an infinite shuffled sampler
+    that needs no state)."""
+
+    def __init__(self, sizes: list[int], weights: list[float], seed: int) -> None:
+        self.sizes = sizes
+        slots = [max(1, int(round(w * s))) for w, s in zip(weights, sizes, strict=True)]
+        self.offsets = np.cumsum([0] + slots)
+        self.length = int(self.offsets[-1])
+        self.seed = seed
+        self._epoch = -1
+        self._perm: np.ndarray | None = None
+
+    def locate(self, n: int) -> tuple[int, int]:
+        """Global sample index -> (source index, image index)."""
+        epoch, pos = divmod(n, self.length)
+        if epoch != self._epoch:
+            self._perm = np.random.default_rng([self.seed, 7, epoch]).permutation(self.length)
+            self._epoch = epoch
+        slot = int(self._perm[pos])
+        d = int(np.searchsorted(self.offsets, slot, side="right") - 1)
+        return d, (slot - int(self.offsets[d])) % self.sizes[d]
+
+
+@dataclass
+class ImageSpec:
+    """What the model needs to know about the image pipeline."""
+
+    image_size: int
+    preprocess: str  # 'sam' | 'focsam' (steadysam.preprocess conventions)
+    pixel_mean: tuple[float, float, float]
+    pixel_std: tuple[float, float, float]
+
+
+class TrainSamples(Dataset):
+    """Index ``n`` -> one training sample (a dict):
+
+    ``image``  3 x S x S float32 normalised model input (absent with a cache),
+    ``embed``  C x h x w float32 cached embedding (only with a cache),
+    ``gt``     S x S bool object mask in the model frame,
+    ``source`` int source index, ``key`` cache key of the image.
+    """
+
+    def __init__(
+        self,
+        sources: list[Source],
+        weights: list[float],
+        spec: ImageSpec,
+        seed: int,
+        color_aug: bool = True,
+        cache=None,
+    ) -> None:
+        self.sources = sources
+        self.mixture = Mixture([len(s) for s in sources], weights, seed)
+        self.spec = spec
+        self.seed = seed
+        self.color_aug = color_aug
+        self.cache = cache  # embed_cache.EmbeddingCache or None
+        self.mean = torch.tensor(spec.pixel_mean)
+        self.std = torch.tensor(spec.pixel_std)
+
+    def __len__(self) -> int:  # one virtual epoch (the stream itself is unbounded)
+        return self.mixture.length
+
+    def load_image(self, d: int, i: int, rng: np.random.Generator | None) -> torch.Tensor:
+        """Image ``i`` of source ``d`` -> 3 x S x S model input; colour-augmented with ``rng``."""
+        rgb = load_image(self.sources[d].paths[i])
+        if rng is not None:
+            rgb = color_augment_rgb(rgb, rng)
+        frame = Frame.create(self.spec.preprocess, rgb.shape[:2], self.spec.image_size)
+        return image_to_tensor(rgb, frame, self.mean, self.std)[0]
+
+    def __getitem__(self, n: int) -> dict:
+        rng = np.random.default_rng([self.seed, 11, n])
+        for attempt in range(100):
+            d, i = self.mixture.locate(n + attempt * self.mixture.length // 7 + attempt)
+            obj = self.sources[d].sample_object(i, rng)
+            if obj.any():
+                break
+        else:
+            raise DatasetError(f"no non-empty object found near sample {n}: are masks empty?")
+        src = self.sources[d]
+        frame = Frame.create(self.spec.preprocess, obj.shape, self.spec.image_size)
+        out = {"gt": mask_to_frame(obj, frame), "source": d, "key": cache_key(src.paths[i])}
+        if self.cache is not None:
+            out["embed"] = self.cache.load(out["key"])
+        else:
+            image = self.load_image(d, i, rng if self.color_aug else None)
+            if tuple(image.shape[-2:]) != (self.spec.image_size,) * 2:
+                raise DatasetError(f"{src.paths[i]}: unexpected model input {image.shape}")
+            out["image"] = image
+        return out
+
+
+def collate(samples: list[dict]) -> dict:
+    """List of samples -> batch: ``image``/``embed`` B x ..., ``gt`` B x S x S bool,
+    ``source`` B int64, ``key`` list."""
+    batch = {
+        "gt": torch.stack([s["gt"] for s in samples]),
+        "source": torch.tensor([s["source"] for s in samples]),
+        "key": [s["key"] for s in samples],
+    }
+    for k in ("image", "embed"):
+        if k in samples[0]:
+            batch[k] = torch.stack([s[k] for s in samples])
+    return batch
+
+
+class IterationBatches(Sampler):
+    """Batches of global sample indices for iterations ``start..iters-1``: iteration ``t``
+    covers indices ``t * B .. t * B + B - 1`` of the global batch B, and rank ``r`` takes its
+    contiguous share (DistributedSampler-like sharding, no padding: B divides by the world)."""
+
+    def __init__(self, start: int, iters: int, batch_size: int, rank: int, world: int) -> None:
+        if batch_size % world:
+            raise ValueError(
+                f"data.batch_size {batch_size} is not divisible by the {world} processes"
+            )
+        self.start, self.iters = start, iters
+        self.batch, self.local = batch_size, batch_size // world
+        self.rank = rank
+
+    def __len__(self) -> int:
+        return max(0, self.iters - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for t in range(self.start, self.iters):
+            base = t * self.batch + self.rank * self.local
+            yield list(range(base, base + self.local))

@@ -1,0 +1,260 @@
+"""The training loop: simulation + loss in one module (DDP-wrapped under torchrun), AdamW with
+warm-up + linear decay, tqdm / CSV / plot, atomic resumable checkpoints, final export.
+
+Determinism: the data stream and every random draw of an iteration (click counts, refine step,
+expansion ratios, click positions) are seeded by (seed, iteration, rank), so a run killed at
+any point and resumed from its last checkpoint continues exactly as if never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..models.sam import Sam
+from .build import (
+    Dist,
+    build_optimizer,
+    build_scheduler,
+    build_train_model,
+    init_distributed,
+)
+from .config import TrainConfig, dump_config
+from .data import ImageSpec, IterationBatches, TrainSamples, build_sources, collate
+from .losses import mask_iou, normalized_focal_loss, point_loss
+from .runlog import CsvLog, plot_losses
+from .simulate import simulate, truncated_geometric
+from .state import list_checkpoints, load_state, save_state
+
+
+class TrainStep(nn.Module):
+    """One training forward: embeddings (encoder with grad when trainable) -> per-source click
+    simulation (no_grad, eval) -> decoder (stage ``sam``) or refiner + frozen decoder (stage
+    ``refiner``) with the simulated prompts -> weighted losses.
+
+    forward(batch, rng, gen) -> dict of scalar tensors: ``loss`` (the total to minimise),
+    ``nfl``, ``ptl`` and metrics ``iou`` (training prediction) / ``iou_coarse`` (stage 2).
+    """
+
+    def __init__(self, model: Sam, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.gammas = [(d.gamma, d.refine_gamma) for d in cfg.data.datasets]
+        self.encoder_trainable = "image_encoder" in cfg.model.trainable
+
+    def _ratios(self, gen: torch.Generator) -> tuple[float, float]:
+        lo, hi = self.cfg.sim.expand_ratio
+        r = torch.rand(2, generator=gen, dtype=torch.float64) * (hi - lo) + lo
+        return float(r[0]), float(r[1])
+
+    def forward(
+        self, batch: dict[str, Any], rng: np.random.Generator, gen: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        m, cfg = self.model, self.cfg
+        dev = m.device
+        gt = batch["gt"].to(dev)
+        if "embed" in batch:
+            emb = batch["embed"].to(dev)
+        else:
+            with torch.set_grad_enabled(self.encoder_trainable and torch.is_grad_enabled()):
+                emb = m.encode(batch["image"].to(dev))
+        gts_np = list(batch["gt"].cpu().numpy())
+        refine = cfg.stage == "refiner"
+        order, logits_all, coarse_all, coords_all, labels_all = [], [], [], [], []
+        for src in sorted(set(batch["source"].tolist())):
+            idx = [i for i, s in enumerate(batch["source"].tolist()) if s == src]
+            gamma, refine_gamma = self.gammas[src]
+            rounds = truncated_geometric(gamma, cfg.sim.max_rounds, rng)
+            step = truncated_geometric(refine_gamma, rounds, rng) if refine else None
+            e = emb[idx]
+            sim = simulate(
+                m,
+                e.detach(),
+                [gts_np[i] for i in idx],
+                rounds,
+                rng,
+                refine_step=step,
+                expand_ratio=self._ratios(gen) if refine else (1.4, 1.4),
+                first_inner_k=cfg.sim.first_inner_k,
+                inner_k=cfg.sim.inner_k,
+            )
+            if refine:  # new expansion draw for the pass with gradients
+                e = m.refine(e, sim.coarse_logits, sim.query_token, self._ratios(gen))
+                coarse_all.append(sim.coarse_logits)
+            pts = (sim.coords, sim.labels)
+            logits_all.append(m.decode(e, points=pts, mask_input=sim.prev_logits)[0])
+            order += idx
+            coords_all.append(sim.coords)
+            labels_all.append(sim.labels)
+        gt = gt[order]
+        logits = torch.cat(logits_all)
+        lc = cfg.loss
+        nfl = normalized_focal_loss(logits, gt, lc.nfl_alpha, lc.nfl_gamma, lc.eps)
+        out = {"nfl": nfl, "iou": mask_iou(logits, gt)}
+        total = lc.nfl_weight * nfl
+        if lc.ptl_weight > 0:
+            n = max(c.shape[1] for c in coords_all)
+            pad = nn.functional.pad
+            coords = torch.cat([pad(c, (0, 0, 0, n - c.shape[1])) for c in coords_all])
+            labels = torch.cat(
+                [nn.functional.pad(x, (0, n - x.shape[1]), value=-1) for x in labels_all]
+            )
+            out["ptl"] = point_loss(logits, coords, labels, m.image_size)
+            total = total + lc.ptl_weight * out["ptl"]
+        if coarse_all:
+            out["iou_coarse"] = mask_iou(torch.cat(coarse_all), gt)
+        out["loss"] = total
+        return out
+
+
+def _iteration_rngs(seed: int, it: int, rank: int) -> tuple[np.random.Generator, torch.Generator]:
+    rng = np.random.default_rng([seed, 3, it, rank])
+    gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    return rng, gen
+
+
+def _loader(samples: TrainSamples, cfg: TrainConfig, start: int, dist: Dist):
+    sampler = IterationBatches(start, cfg.iters, cfg.data.batch_size, dist.rank, dist.world)
+    workers = cfg.data.num_workers
+    return torch.utils.data.DataLoader(
+        samples,
+        batch_sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=dist.device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=2 if workers > 0 else None,
+        worker_init_fn=_worker_init if workers > 0 else None,
+    )
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # loader workers must not compete with the training threads
+
+
+def _reduce_mean(values: dict[str, float], dist: Dist) -> dict[str, float]:
+    if dist.world == 1:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=dist.device)
+    torch.distributed.all_reduce(t)
+    return {k: float(v) / dist.world for k, v in zip(keys, t.tolist(), strict=True)}
+
+
+def train(cfg: TrainConfig, resume: bool = True) -> Path:
+    """Run (or resume) a training run; returns the exported final ``.safetensors``.
+
+    Writes into ``cfg.run.out_dir``: config.yaml, checkpoints/iter_<n>.pt, log.csv, loss.png,
+    final.safetensors (+ a copy at ``cfg.run.export``)."""
+    from tqdm import tqdm
+
+    from ..checkpoints import save_checkpoint
+
+    dist = init_distributed(cfg.run.device)
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    out = Path(cfg.run.out_dir)
+    ckdir = out / "checkpoints"
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump_config(cfg))
+
+    model = build_train_model(cfg).to(dist.device)
+    sources = build_sources(cfg.data)
+    cache = None
+    if cfg.data.cache:
+        from .embed_cache import EmbeddingCache, unique_images
+
+        cache = EmbeddingCache(cfg.data.cache)
+        cache.check(model, [k for k, _, _ in unique_images(sources)])
+    c = model.config
+    spec = ImageSpec(c.image_size, c.preprocess, c.pixel_mean, c.pixel_std)
+    weights = [d.weight for d in cfg.data.datasets]
+    samples = TrainSamples(sources, weights, spec, cfg.seed, cfg.data.color_aug, cache)
+
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg)
+    start = 0
+    found = list_checkpoints(ckdir) if resume else []
+    if found:
+        state = load_state(found[-1][1])
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        from .state import set_rng_state
+
+        set_rng_state(state["rng"])
+        start = int(state["iteration"])
+        if state.get("world_size", dist.world) != dist.world and dist.main:
+            print(f"warning: resuming a {state['world_size']}-process run on {dist.world}")
+    model.train()
+    step: nn.Module = TrainStep(model, cfg)
+    if dist.world > 1:
+        ids = [dist.device.index] if dist.device.type == "cuda" else None
+        step = nn.parallel.DistributedDataParallel(
+            step, device_ids=ids, find_unused_parameters=True
+        )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    log = CsvLog(out / "log.csv", start) if dist.main else None
+    bar = tqdm(
+        total=cfg.iters,
+        initial=start,
+        disable=not (dist.main and cfg.run.progress),
+        dynamic_ncols=True,
+        desc=f"train[{cfg.stage}]",
+    )
+    acc: dict[str, list[float]] = {}
+    t_last, n_last = time.perf_counter(), start
+    for it, batch in enumerate(_loader(samples, cfg, start, dist), start=start):
+        rng, gen = _iteration_rngs(cfg.seed, it, dist.rank)
+        losses = step(batch, rng, gen)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        if cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        values = _reduce_mean({k: float(v.detach()) for k, v in losses.items()}, dist)
+        if not math.isfinite(values["loss"]):
+            raise FloatingPointError(f"iteration {it}: loss is {values['loss']}")
+        for k, v in values.items():
+            acc.setdefault(k, []).append(v)
+        bar.update(1)
+        bar.set_postfix(loss=f"{values['loss']:.4f}", iou=f"{values['iou']:.3f}", refresh=False)
+        done = it + 1
+        if done % cfg.run.log_every == 0 or done == cfg.iters:
+            dt = time.perf_counter() - t_last
+            speed = (done - n_last) / dt if dt > 0 else 0.0
+            row = {k: float(np.mean(v)) for k, v in acc.items()}
+            row.update(iter=done, lr=lr, it_per_s=speed, samples_per_s=speed * cfg.data.batch_size)
+            if log is not None:
+                log.write(row)
+            acc, t_last, n_last = {}, time.perf_counter(), done
+        if done % cfg.run.checkpoint_every == 0 or done == cfg.iters:
+            if dist.main:
+                extra = {"config": cfg.to_dict(), "world_size": dist.world}
+                keep = cfg.run.keep_checkpoints
+                save_state(ckdir, done, model, optimizer, scheduler, extra, keep)
+                if cfg.run.plot and log is not None:
+                    plot_losses(log, out / "loss.png", f"{out.name} ({cfg.stage})")
+            dist.barrier()
+    bar.close()
+    final = out / "final.safetensors"
+    if dist.main:
+        model.eval()
+        save_checkpoint(model.cpu(), final)
+        if cfg.run.export:
+            save_checkpoint(model, cfg.run.export)
+    dist.barrier()
+    if dist.world > 1:
+        torch.distributed.destroy_process_group()
+    return final

@@ -1,0 +1,73 @@
+"""Run log: a CSV of per-interval averages and a loss plot (matplotlib Agg, PNG)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from pathlib import Path
+
+COLUMNS = ("iter", "loss", "nfl", "ptl", "iou", "iou_coarse", "lr", "it_per_s", "samples_per_s")
+
+
+class CsvLog:
+    """``log.csv`` in the run folder. On resume, rows past the checkpoint's iteration (written
+    after it, before the kill) are dropped so the resumed run's rows replace them."""
+
+    def __init__(self, path: Path, resume_iter: int = 0) -> None:
+        self.path = path
+        rows: list[dict[str, str]] = []
+        if resume_iter > 0 and path.is_file():
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["iter"]) <= resume_iter]
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+
+    def write(self, row: dict[str, float]) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, COLUMNS).writerow({k: row.get(k, "") for k in COLUMNS})
+
+    def read(self) -> list[dict[str, float]]:
+        with self.path.open(newline="") as f:
+            return [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+
+
+def plot_losses(log: CsvLog, out: Path, title: str = "") -> None:
+    """Loss curves (total, NFL, PTL when present) and IoU vs iteration, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = log.read()
+    if not rows:
+        return
+    it = [r["iter"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key in ("loss", "nfl", "ptl"):
+        ys = [r.get(key) for r in rows]
+        if any(y is not None for y in ys) and (key == "loss" or any(ys)):
+            ax1.plot(it, [y if y is not None else float("nan") for y in ys], label=key)
+    ax1.set_xlabel("iteration")
+    ax1.set_ylabel("loss")
+    ax1.legend()
+    for key in ("iou", "iou_coarse"):
+        ys = [r.get(key, float("nan")) for r in rows]
+        if any(y == y for y in ys):
+            ax2.plot(it, ys, label=key)
+    ax2.set_xlabel("iteration")
+    ax2.set_ylabel("training IoU")
+    ax2.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
