@@ -50,8 +50,10 @@ def main() -> None:
             model(feats, mask, token)
             times.append(time.perf_counter() - t0)
     ms = [1e3 * t for t in times]
-    print(f"threads={args.threads} runs={args.runs} min {min(ms):.1f} ms, "
-          f"median {sorted(ms)[len(ms) // 2]:.1f} ms, per window {min(ms) / sum(counts):.2f} ms")
+    print(
+        f"threads={args.threads} runs={args.runs} min {min(ms):.1f} ms, "
+        f"median {sorted(ms)[len(ms) // 2]:.1f} ms, per window {min(ms) / sum(counts):.2f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -135,6 +135,20 @@ def test_gradcheck():
     )
 
 
+def test_no_offset_gradient_at_one_pixel_outside():
+    # mmcv's kernels treat y <= -1 as fully outside, also in the backward pass: with zero offsets
+    # the top-row taps of output row 0 sit at exactly y = -1 and get no offset gradient, while
+    # the same taps one row lower (y = 0) do.
+    x = torch.rand(1, 2, 4, 4, dtype=torch.float64) + 1
+    weight = torch.rand(3, 2, 3, 3, dtype=torch.float64)
+    offset = torch.zeros(1, 18, 4, 4, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(1, 9, 4, 4, dtype=torch.float64)
+    modulated_deform_conv2d(x, offset, mask, weight).sum().backward()
+    for k in range(3):  # taps of the top kernel row
+        assert torch.all(offset.grad[0, 2 * k, 0] == 0)
+        assert torch.all(offset.grad[0, 2 * k, 1, 1:3] != 0)  # columns clear of x = -1, W
+
+
 def test_module_state_dict_and_forward():
     m = ModulatedDeformConv2d(4, 5, 3, padding=1)
     assert set(m.state_dict()) == {"weight"}

@@ -238,7 +238,7 @@ def test_gradients_match_reference():
         fe, to = feats.clone().requires_grad_(), token.clone().requires_grad_()
         (fn(fe, mask, to) * w).sum().backward()
         grads.append([fe.grad, to.grad] + [p.grad.clone() for p in m.parameters()])
-    for a, b_ in zip(*grads):
+    for a, b_ in zip(*grads, strict=True):
         torch.testing.assert_close(a, b_, rtol=1e-8, atol=1e-9)
 
 
@@ -422,6 +422,7 @@ def test_state_dict_matches_checkpoint_table():
     assert got == expected
     assert len(list(m.buffers())) == 0
     assert sum(p.numel() for p in m.parameters()) == 25_396_058
+    assert all(isinstance(b, RefineBlock) for b in m.blocks)
     assert [b.shift for b in m.blocks] == [False, True] * 6
 
 
@@ -498,6 +499,26 @@ def test_focus_box_rounding_and_mask():
     assert torch.equal(box_mask(torch.tensor([[0, 0, 8, 8]]), 8), torch.ones(1, 1, 8, 8))
     # Huge ratio clips to the image.
     assert focus_box(logits, 8, 10.0)[0].tolist() == [0, 0, 8, 8]
+    # Strict threshold: logits of exactly 0 or slightly below are background.
+    logits[..., 6, 6] = 0.0
+    logits[..., 0, 7] = -0.25
+    assert focus_box(logits, 8, 1.0)[0].tolist() == [1, 2, 3, 5]
+    logits[..., 6, 6] = 1e-3
+    assert focus_box(logits, 8, 1.0)[0].tolist() == [1, 2, 7, 7]
+
+
+def test_box_mask_grid_path_equals_max_pool():
+    g = torch.Generator().manual_seed(10)
+    for size, grid in ((1024, 64), (100, 7), (48, 12), (30, 30)):
+        lt = torch.randint(0, size, (6, 2), generator=g)
+        wh = torch.randint(1, size + 1, (6, 2), generator=g)
+        rb = (lt + wh).clamp(max=size)
+        boxes = torch.cat([lt, rb], 1)
+        boxes[0] = torch.tensor([0, 0, size, size])
+        full = box_mask(boxes, size)
+        assert torch.equal(box_mask(boxes, size, grid), F.adaptive_max_pool2d(full, grid))
+        l, t, r, b = boxes[1].tolist()
+        assert full[1, 0, t:b, l:r].all() and full[1].sum() == (r - l) * (b - t)
 
 
 def test_focus_box_mask_drives_refiner_grid():
@@ -508,3 +529,7 @@ def test_focus_box_mask_drives_refiner_grid():
     assert mask.shape == (1, 1, 1024, 1024) and mask.dtype == torch.float32
     pooled = F.adaptive_max_pool2d(mask, (64, 64))
     assert pooled.sum() > 0 and pooled.sum() < 64 * 64
+    assert torch.equal(focus_box_mask(logits, 1024, 1.4, grid_size=64), pooled)
+    feats, token = torch.randn(1, 16, 64, 64), torch.randn(1, 16)
+    with torch.no_grad():
+        assert torch.equal(m(feats, mask, token), m(feats, pooled, token))

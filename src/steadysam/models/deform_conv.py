@@ -2,6 +2,10 @@
 
 Drop-in for mmcv's / torchvision's ``ModulatedDeformConv2d`` (groups = deform_groups = 1): same
 offset layout, same zero contribution of samples outside the input, no compiled ops.
+
+The bilinear sample of a tap is a weighted sum of four rows of the channels-last input, i.e. an
+``embedding_bag`` with per-sample weights (modulation folded in); one matmul then contracts the
+columns with the kernel. Both are differentiable in every input, offsets included.
 """
 
 from __future__ import annotations
@@ -26,15 +30,16 @@ def deform_columns(
     padding: int | tuple[int, int] = 1,
     dilation: int | tuple[int, int] = 1,
 ) -> torch.Tensor:
-    """Modulated bilinear samples of every kernel tap (the DCNv2 "im2col").
+    """Modulated bilinear samples of every kernel tap (the DCNv2 "im2col"), channels last.
 
     Arguments:
-      x (Tensor): B x Cin x H x W (any memory format).
+      x (Tensor): B x Cin x H x W; channels-last memory avoids a copy.
       offset (Tensor): B x 2K x Ho x Wo, K = kh * kw; channel 2k = dy, 2k + 1 = dx of tap k.
       mask (Tensor): B x K x Ho x Wo.
 
     Returns:
-      (Tensor): B x (Cin * K) x (Ho * Wo) columns, Cin-major, ready for weight.view(Cout, -1) @ .
+      (Tensor): (B * Ho * Wo) x (K * Cin) columns, rows in (b, i, j) order, columns (k, c), so
+        that F.linear(cols, weight.permute(0, 2, 3, 1).reshape(Cout, -1)) is the convolution.
     """
     b, cin, h, w = x.shape
     kh, kw = kernel_size
@@ -49,30 +54,35 @@ def deform_columns(
             f"offset {tuple(offset.shape)} / mask {tuple(mask.shape)} do not match "
             f"({b}, {2 * k} / {k}, {ho}, {wo})"
         )
-    # Sample positions in at least fp32: half precision cannot hold fractional pixel positions.
-    dev, dt = x.device, torch.promote_types(offset.dtype, torch.float32)
+    dev = x.device
+    # Positions in at least fp32: half precision cannot hold fractional pixel positions.
+    dt = torch.promote_types(offset.dtype, torch.float32)
+    off = offset.to(dt).reshape(b, k, 2, ho, wo).permute(0, 3, 4, 1, 2)  # B, Ho, Wo, K, 2
     tap_y = (torch.arange(kh, device=dev, dtype=dt) * dh).repeat_interleave(kw)
     tap_x = (torch.arange(kw, device=dev, dtype=dt) * dw).repeat(kh)
-    off = offset.reshape(b, k, 2, ho, wo)
-    py = off[:, :, 0] + (tap_y.view(k, 1, 1) + (torch.arange(ho, device=dev) * sh - ph).view(1, ho, 1))
-    px = off[:, :, 1] + (tap_x.view(k, 1, 1) + (torch.arange(wo, device=dev) * sw - pw).view(1, 1, wo))
-    # mmcv / torchvision return 0 (and no gradient) for samples at or beyond one pixel outside;
-    # grid_sample alone would still differentiate the in-range corner at exactly y = -1 or x = -1.
-    inside = (py > -1) & (py < h) & (px > -1) & (px < w)
-    grid = torch.stack(((2 * px + 1) / w - 1, (2 * py + 1) / h - 1), dim=-1)
-    cols = F.grid_sample(
-        x,
-        grid.view(b, k, ho * wo, 2).to(x.dtype),
-        mode="bilinear",
-        padding_mode="zeros",
-        align_corners=False,
-    )  # B, Cin, K, Ho*Wo
-    mod = (mask.reshape(b, 1, k, ho * wo) * inside.view(b, 1, k, ho * wo)).to(cols.dtype)
-    if torch.is_grad_enabled() and (x.requires_grad or offset.requires_grad or mask.requires_grad):
-        cols = cols * mod
-    else:
-        cols.mul_(mod)  # saves a full-size temporary at inference
-    return cols.view(b, cin * k, ho * wo)
+    py = off[..., 0] + (tap_y + (torch.arange(ho, device=dev) * sh - ph).view(ho, 1, 1))
+    px = off[..., 1] + (tap_x + (torch.arange(wo, device=dev) * sw - pw).view(wo, 1))
+    y0, x0 = py.floor(), px.floor()
+    ly, lx = py - y0, px - x0
+    # mmcv / torchvision read exactly 0 (and pass no gradient) at or beyond one pixel outside.
+    m = mask.to(dt).permute(0, 2, 3, 1) * ((py > -1) & (py < h) & (px > -1) & (px < w))
+    base = (torch.arange(b, device=dev) * (h * w)).view(b, 1, 1, 1)
+    idx, wgt = [], []
+    for dy, wy in ((0, 1 - ly), (1, ly)):
+        for dx, wx in ((0, 1 - lx), (1, lx)):
+            yy, xx = y0 + dy, x0 + dx
+            ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)  # each corner only if inside
+            idx.append(base + (yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)).long())
+            wgt.append(wy * wx * ok * m)
+    rows = x.permute(0, 2, 3, 1).reshape(b * h * w, cin)
+    # A weighted bag of the 4 corner rows per sample: contiguous row reads, modulation included.
+    cols = F.embedding_bag(
+        torch.stack(idx, -1).view(-1, 4),
+        rows,
+        per_sample_weights=torch.stack(wgt, -1).view(-1, 4).to(x.dtype),
+        mode="sum",
+    )
+    return cols.view(b * ho * wo, k * cin)
 
 
 def modulated_deform_conv2d(
@@ -97,20 +107,17 @@ def modulated_deform_conv2d(
       bias (Tensor or None): Cout.
 
     Returns:
-      (Tensor): B x Cout x Ho x Wo.
+      (Tensor): B x Cout x Ho x Wo, in channels-last memory format.
 
     Samples are bilinear; each of the four neighbours contributes only when it lies inside the
     input (zero outside), and a sample with y <= -1, y >= H, x <= -1 or x >= W reads exactly zero
     with zero gradient, matching the mmcv / torchvision kernels also at those boundaries.
     """
-    cout = weight.shape[0]
+    cout, _, kh, kw = weight.shape
     ho, wo = offset.shape[-2:]
-    cols = deform_columns(x, offset, mask, tuple(weight.shape[2:]), stride, padding, dilation)
-    # bmm with a broadcast kernel: torch.matmul would fold the batch and copy the columns.
-    out = torch.bmm(weight.reshape(1, cout, -1).expand(cols.shape[0], -1, -1), cols)
-    if bias is not None:
-        out = out + bias.view(1, cout, 1)
-    return out.view(x.shape[0], cout, ho, wo)
+    cols = deform_columns(x, offset, mask, (kh, kw), stride, padding, dilation)
+    out = F.linear(cols, weight.permute(0, 2, 3, 1).reshape(cout, -1), bias)
+    return out.view(x.shape[0], ho, wo, cout).permute(0, 3, 1, 2)
 
 
 class ModulatedDeformConv2d(nn.Module):
@@ -147,7 +154,8 @@ class ModulatedDeformConv2d(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x: B x Cin x H x W, offset: B x 2K x Ho x Wo, mask: B x K x Ho x Wo -> B x Cout x Ho x Wo."""
+        """x: B x Cin x H x W, offset: B x 2K x Ho x Wo, mask: B x K x Ho x Wo
+        -> B x Cout x Ho x Wo."""
         return modulated_deform_conv2d(
             x, offset, mask, self.weight, self.bias, self.stride, self.padding, self.dilation
         )

@@ -64,12 +64,20 @@ def _expand(lo: torch.Tensor, hi: torch.Tensor, ratio: Ratio, size: int):
     return new_lo.long(), new_hi.long()
 
 
-def box_mask(boxes: torch.Tensor, size: int) -> torch.Tensor:
-    """B x 4 (left, top, right, bottom) boxes -> B x 1 x size x size float mask, 1 inside."""
-    ar = torch.arange(size, device=boxes.device)
+def box_mask(boxes: torch.Tensor, size: int, grid_size: int | None = None) -> torch.Tensor:
+    """Rasterise B x 4 (left, top, right, bottom) boxes into a B x 1 x size x size float mask.
+
+    With ``grid_size`` the result is instead B x 1 x grid_size x grid_size and equals
+    ``F.adaptive_max_pool2d(box_mask(boxes, size), grid_size)`` (the cheap path for the refiner,
+    which only needs that pooled grid).
+    """
+    n = grid_size or size
+    ar = torch.arange(n, device=boxes.device)
+    # Adaptive pooling bin i spans [floor(i * size / n), ceil((i + 1) * size / n)).
+    start, end = (ar * size) // n, ((ar + 1) * size + n - 1) // n
     left, top, right, bottom = (boxes[:, i, None] for i in range(4))
-    rows = (ar >= top) & (ar < bottom)
-    cols = (ar >= left) & (ar < right)
+    rows = (start < bottom) & (end > top)
+    cols = (start < right) & (end > left)
     return (rows[:, :, None] & cols[:, None, :]).unsqueeze(1).float()
 
 
@@ -77,10 +85,11 @@ def focus_box_mask(
     coarse_logits: torch.Tensor,
     input_size: int = 1024,
     expand_ratio: Ratio | tuple[Ratio, Ratio] = 1.4,
+    grid_size: int | None = None,
 ) -> torch.Tensor:
     """B x 1 x h x w coarse logits -> B x 1 x input_size x input_size float box mask (see
-    ``focus_box``)."""
-    return box_mask(focus_box(coarse_logits, input_size, expand_ratio), input_size)
+    ``focus_box``); with ``grid_size``, directly its max-pooled B x 1 x grid_size^2 version."""
+    return box_mask(focus_box(coarse_logits, input_size, expand_ratio), input_size, grid_size)
 
 
 class RefineBlock(nn.Module):

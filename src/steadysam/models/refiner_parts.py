@@ -168,7 +168,7 @@ class MSAModule(nn.Module):
 
     def forward(self, f: torch.Tensor, t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """f: W x N x C window tokens (N = h * w, row-major), t: W x 1 x C -> W x N x C."""
-        nw, n, c = f.shape
+        nw, _, c = f.shape
         h = self.relu1(self.norm1(self.attn(f, f, f)), self.cls_proj(t))
         f1 = torch.addcmul(f, h, self.gamma1.view(c))
         # Channels-last view of the tokens: the convolutions need no layout copy.

@@ -65,9 +65,11 @@ def ensure_encoder_differentiable() -> None:
         return
     except RuntimeError:
         pass
-    get_rel_pos = ie.get_rel_pos
+    get_rel_pos, original = ie.get_rel_pos, ie.rel_pos_attention
 
-    def rel_pos_attention(q, k, v, rel_pos_h, rel_pos_w, size, scale, chunk_bytes=0):
+    def rel_pos_attention(q, k, v, rel_pos_h, rel_pos_w, size, scale, chunk_bytes=16 << 20):
+        if not torch.is_grad_enabled():  # inference keeps the chunked, memory-bounded original
+            return original(q, k, v, rel_pos_h, rel_pos_w, size, scale, chunk_bytes)
         h, w = size
         b, nh, _, dim = q.shape
         r_q = q.reshape(b * nh, h, w, dim)

@@ -187,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
+    except KeyboardInterrupt:
+        print("interrupted (re-run the same command to resume)", file=sys.stderr)
+        return 130
     except (ValueError, KeyError, FileNotFoundError) as e:
         if getattr(args, "debug", False):
             raise

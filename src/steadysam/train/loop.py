@@ -8,6 +8,8 @@ any point and resumed from its last checkpoint continues exactly as if never sto
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from pathlib import Path
@@ -152,14 +154,43 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     """Run (or resume) a training run; returns the exported final ``.safetensors``.
 
     Writes into ``cfg.run.out_dir``: config.yaml, checkpoints/iter_<n>.pt, log.csv, loss.png,
-    final.safetensors (+ a copy at ``cfg.run.export``)."""
+    final.safetensors (+ a copy at ``cfg.run.export``); under torchrun also ranks.json (each
+    rank's parameter digest, checked equal, and its first sample keys)."""
+    threads = torch.get_num_threads()
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    try:
+        return _train(cfg, resume)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def _check_sync(model: nn.Module, first_keys: list[str], out: Path, dist: Dist) -> None:
+    """All ranks must end with identical weights (DDP keeps them in sync); written to
+    ranks.json so the run records it."""
+    mine = {"rank": dist.rank, "digest": _digest(model), "first_keys": first_keys}
+    gathered: list[Any] = [None] * dist.world
+    torch.distributed.all_gather_object(gathered, mine)
+    if dist.main:
+        (out / "ranks.json").write_text(json.dumps(gathered, indent=1))
+    if len({g["digest"] for g in gathered}) != 1:
+        raise RuntimeError(f"parameters diverged across ranks: {gathered}")
+
+
+def _train(cfg: TrainConfig, resume: bool) -> Path:
     from tqdm import tqdm
 
     from ..checkpoints import save_checkpoint
 
     dist = init_distributed(cfg.run.device)
-    if cfg.run.threads > 0:
-        torch.set_num_threads(cfg.run.threads)
     out = Path(cfg.run.out_dir)
     ckdir = out / "checkpoints"
     if dist.main:
@@ -182,6 +213,8 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg)
     start = 0
+    for stale in ckdir.glob(".iter_*.tmp") if dist.main else ():  # left by a kill mid-write
+        stale.unlink(missing_ok=True)
     found = list_checkpoints(ckdir) if resume else []
     if found:
         state = load_state(found[-1][1])
@@ -213,7 +246,9 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     )
     acc: dict[str, list[float]] = {}
     t_last, n_last = time.perf_counter(), start
+    first_keys: list[str] = []
     for it, batch in enumerate(_loader(samples, cfg, start, dist), start=start):
+        first_keys = first_keys or list(batch["key"])
         rng, gen = _iteration_rngs(cfg.seed, it, dist.rank)
         losses = step(batch, rng, gen)
         optimizer.zero_grad(set_to_none=True)
@@ -248,6 +283,8 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
                     plot_losses(log, out / "loss.png", f"{out.name} ({cfg.stage})")
             dist.barrier()
     bar.close()
+    if dist.world > 1:
+        _check_sync(model, first_keys, out, dist)
     final = out / "final.safetensors"
     if dist.main:
         model.eval()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +202,9 @@ class CocoSource(Source):
         info = self.infos[ann["image_id"]]
         if "height" not in info or "width" not in info:
             raise DatasetError(f"dataset {self.name!r}: image {info['id']} lacks height/width")
-        return self.coco.annToMask(ann).astype(bool)
+        with warnings.catch_warnings():  # pycocotools' numpy-2 copy= deprecation notice
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return self.coco.annToMask(ann).astype(bool)
 
     def sample_object(self, i: int, rng: np.random.Generator) -> np.ndarray:
         img_id, png, ids = self.items[i]
