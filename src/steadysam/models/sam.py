@@ -83,5 +83,6 @@ class Sam(nn.Module):
         if self.refiner is None:
             raise RuntimeError("this model has no focus refiner (it is plain SAM, not FocSAM)")
         ratio = self.refiner.expand_ratio if expand_ratio is None else expand_ratio
-        box = focus_box_mask(coarse_logits, self.image_size, ratio)
-        return self.refiner(embeddings, box, query_token)
+        # The refiner only reads the box max-pooled to the embedding grid: build that directly.
+        grid = focus_box_mask(coarse_logits, self.image_size, ratio, grid_size=embeddings.shape[-1])
+        return self.refiner(embeddings, grid, query_token)

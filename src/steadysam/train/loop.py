@@ -103,11 +103,9 @@ class TrainStep(nn.Module):
         total = lc.nfl_weight * nfl
         if lc.ptl_weight > 0:
             n = max(c.shape[1] for c in coords_all)
-            pad = nn.functional.pad
+            pad = nn.functional.pad  # groups may differ in click count: pad with label -1
             coords = torch.cat([pad(c, (0, 0, 0, n - c.shape[1])) for c in coords_all])
-            labels = torch.cat(
-                [nn.functional.pad(x, (0, n - x.shape[1]), value=-1) for x in labels_all]
-            )
+            labels = torch.cat([pad(x, (0, n - x.shape[1]), value=-1) for x in labels_all])
             out["ptl"] = point_loss(logits, coords, labels, m.image_size)
             total = total + lc.ptl_weight * out["ptl"]
         if coarse_all:
