@@ -3,7 +3,10 @@ schedule matches mmengine's LinearLR + PolyLR closed forms."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
+import torch
 from test_train_support import CONFIGS
 
 from steadysam.train.build import lr_factor
@@ -13,12 +16,19 @@ PAPER_RECIPES = {"focsam_stage1.yaml": 320_000, "focsam_stage2.yaml": 160_000}
 
 
 @pytest.mark.parametrize(
-    "name", ["focsam_stage1.yaml", "focsam_stage2.yaml", "sam_finetune.yaml", "demo_tiny.yaml"]
+    "name",
+    [
+        "focsam_stage1.yaml",
+        "focsam_stage2.yaml",
+        "sam_finetune.yaml",
+        "demo_tiny.yaml",
+        "demo_tiny_stage2.yaml",
+    ],
 )
 def test_recipes_load(name):
     cfg = load_config(CONFIGS / name)
     assert isinstance(cfg, TrainConfig)
-    if name != "demo_tiny.yaml":  # the demo documents its own (from-scratch) settings
+    if not name.startswith("demo"):  # the demo documents its own (from-scratch) settings
         o = cfg.optim
         assert (o.lr, o.betas, o.weight_decay) == (1e-4, (0.9, 0.999), 0.05)
         assert (o.warmup_iters, o.warmup_start_factor, o.grad_clip) == (1500, 1e-6, None)
@@ -116,3 +126,26 @@ def test_lr_schedule_closed_form():
     assert lr_factor(1500, 320_000, 1500, 1e-6) == 1.0
     assert lr_factor(160_750, 320_000, 1500, 1e-6) == pytest.approx(0.5)
     assert lr_factor(320_000, 320_000, 1500, 1e-6) == 0.0
+
+
+def test_sincos_position_init_for_from_scratch_runs(tmp_path):
+    from test_train_support import tiny_overrides
+
+    from steadysam.train.build import build_train_model, sincos_2d
+
+    table = sincos_2d(8, 2, 3)  # dim 8: rows use channels 0..3, columns 4..7; 2 frequencies
+    # channel layout per axis: [sin(p w0), sin(p w1), cos(p w0), cos(p w1)], w0 = 1, w1 = 1/100
+    assert table[1, 2].tolist() == pytest.approx(
+        [math.sin(1), math.sin(0.01), math.cos(1), math.cos(0.01),
+         math.sin(2), math.sin(0.02), math.cos(2), math.cos(0.02)], abs=1e-6
+    )  # fmt: skip
+    ov = tiny_overrides(tmp_path)
+    model = build_train_model(load_config(CONFIGS / "demo_tiny.yaml", ov))
+    pos = model.image_encoder.pos_embed
+    assert torch.allclose(pos[0], sincos_2d(pos.shape[-1], pos.shape[1], pos.shape[2]))
+    zeros = build_train_model(
+        load_config(CONFIGS / "demo_tiny.yaml", [*ov, "model.pos_embed_init=zeros"])
+    )
+    assert not zeros.image_encoder.pos_embed.any()
+    with pytest.raises(ConfigError, match="pos_embed_init"):
+        load_config(CONFIGS / "demo_tiny.yaml", ["model.pos_embed_init=learned"])

@@ -5,6 +5,7 @@ checkpoint loads with build_model; the CLI reports bad input in one line."""
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -184,4 +185,63 @@ def test_cli_one_line_errors(capsys, tmp_path):
     assert "'/nonexistent/images': no such folder" in capsys.readouterr().err
     assert cli_main(["train", str(tmp_path / "missing.yaml")]) == 2
     assert cli_main(["train", str(CONFIGS / "demo_tiny.yaml"), "--print-config"]) == 0
-    assert "encoder_embed_dim: 160" in capsys.readouterr().out
+    assert "encoder_embed_dim: 128" in capsys.readouterr().out
+
+
+def test_demo_stage2_recipe_runs_on_its_cache(focsam_stages, folder, tmp_path):
+    # the demo's second stage: refiner on top of a stage-1 SAM, embeddings from steadysam embed
+    ov = (
+        tiny_overrides(tmp_path / "run", iters="2")
+        + folder_dataset_override(0, folder)
+        + [f"model.checkpoint={focsam_stages['final1']}", f"model.arch.refiner={TINY_REFINER}",
+           f"data.cache={tmp_path / 'cache'}"]
+    )  # fmt: skip
+    recipe = str(CONFIGS / "demo_tiny_stage2.yaml")
+    assert cli_main(["embed", recipe, *ov, "--out", str(tmp_path / "cache"), "--no-progress"]) == 0
+    final = train(load_config(recipe, ov))
+    changed = _changed(
+        build_model(checkpoint=focsam_stages["final1"]), build_model(checkpoint=final)
+    )
+    assert not any(changed.values())  # everything but the refiner is frozen
+    assert build_model(checkpoint=final).refiner is not None
+
+
+def test_refiner_starts_from_the_spec_init(focsam_stages):
+    # spec §4.9: gammas 1, P-DyReLU scales / biases 0, cls_scale_proj (w 1, b 0),
+    # DCN weight ~ N(0, sqrt(2 / (fan_in + fan_out))); the stage-1 weights load around it.
+    model = build_train_model(focsam_stages["cfg2"])
+    state = model.refiner.state_dict()
+    for k, v in state.items():
+        leaf = k.rsplit(".", 1)[-1]
+        if leaf.startswith("gamma"):
+            assert torch.all(v == 1), k
+        if leaf in ("pixel_scale", "pixel_bias", "channel_scale", "channel_bias"):
+            assert torch.all(v == 0), k
+        if "cls_scale_proj" in k:
+            assert torch.all(v == (1 if leaf == "weight" else 0)), k
+    w = torch.cat([v.flatten() for k, v in state.items() if k.endswith("dcn.weight")])
+    c = model.config.prompt_embed_dim
+    assert float(w.std()) == pytest.approx((2 / (9 * c + c)) ** 0.5, rel=0.1)
+    stage1 = build_model(checkpoint=focsam_stages["final1"]).state_dict()
+    assert all(torch.equal(stage1[k], model.state_dict()[k]) for k in stage1)
+
+
+def test_embed_cache_shards_over_ranks(coco, tmp_path):
+    from steadysam.train.data import build_sources
+    from steadysam.train.embed_cache import build_cache, unique_images
+
+    ov = tiny_overrides(tmp_path / "x") + _coco_overrides(coco)
+    cfg = load_config(
+        CONFIGS / "focsam_stage1.yaml", [*ov, "data.cache=null", "model.checkpoint=null"]
+    )
+    model, sources = build_train_model(cfg), build_sources(cfg.data)
+    out = tmp_path / "cache"
+    kw = dict(world=2, progress=False, batch_size=3)
+    r1 = build_cache(model, sources, out, rank=1, **kw)  # rank 1 finishes first
+    assert r1 == {"written": 2, "skipped": 0, "total": 4}
+    assert not (out / "index.json").exists()
+    r0 = build_cache(model, sources, out, rank=0, **kw)
+    assert r0["written"] == 2
+    index = json.loads((out / "index.json").read_text())
+    assert sorted(index["keys"]) == sorted(k for k, _, _ in unique_images(sources))
+    assert index["meta"]["dtype"] == "float32" and index["meta"]["color_aug"] is True

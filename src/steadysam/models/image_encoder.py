@@ -243,11 +243,15 @@ def rel_pos_attention(
     outs = []
     for r0 in range(0, h, rows):
         r1 = min(h, r0 + rows)
-        # Written into a contiguous buffer: a plain broadcast add would inherit the einsum
-        # outputs' strides and cost a second copy in the reshape.
-        bias = q.new_empty(B * nh, r1 - r0, w, h, w)
-        torch.add(rel_h[:, r0:r1, :, :, None], rel_w[:, r0:r1, :, None, :], out=bias)
-        bias = bias.view(B, nh, (r1 - r0) * w, h * w)
+        bias_h, bias_w = rel_h[:, r0:r1, :, :, None], rel_w[:, r0:r1, :, None, :]
+        if torch.is_grad_enabled() and (bias_h.requires_grad or bias_w.requires_grad):
+            bias = bias_h + bias_w  # training: autograd cannot record out= writes
+        else:
+            # A contiguous buffer: the broadcast add would inherit the einsum outputs' strides
+            # and cost a second full copy in the reshape below.
+            bias = q.new_empty(B * nh, r1 - r0, w, h, w)
+            torch.add(bias_h, bias_w, out=bias)
+        bias = bias.reshape(B, nh, (r1 - r0) * w, h * w)
         qc = q[:, :, r0 * w : r1 * w]
         outs.append(F.scaled_dot_product_attention(qc, k, v, attn_mask=bias, scale=scale))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)

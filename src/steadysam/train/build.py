@@ -7,7 +7,6 @@ import os
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..models.build import build_sam
 from ..models.sam import Sam
@@ -22,6 +21,10 @@ def build_train_model(cfg: TrainConfig) -> Sam:
     """
     torch.manual_seed(cfg.seed)  # the same random init on every rank and every resume
     model = build_sam(cfg.arch())
+    pos = model.image_encoder.pos_embed
+    if cfg.model.pos_embed_init == "sincos" and pos is not None and not cfg.model.checkpoint:
+        with torch.no_grad():
+            pos.copy_(sincos_2d(pos.shape[-1], pos.shape[1], pos.shape[2])[None])
     if cfg.model.checkpoint:
         from ..checkpoints import load_checkpoint
 
@@ -37,9 +40,24 @@ def build_train_model(cfg: TrainConfig) -> Sam:
                 f"(+arch): missing {bad[:5]}, unexpected {result.unexpected_keys[:5]}"
             )
     set_trainable(model, cfg.model.trainable)
-    if "image_encoder" in cfg.model.trainable:
-        ensure_encoder_differentiable()
     return model
+
+
+def sincos_2d(dim: int, h: int, w: int) -> torch.Tensor:
+    """MAE's fixed 2-D sin-cos position table, h x w x dim: the first half of the channels
+    encodes the row, the second half the column, each as [sin(p w_k), cos(p w_k)] with
+    w_k = 10000^(-k / (dim / 4)), p the integer grid index."""
+    if dim % 4:
+        raise ValueError(f"sin-cos position embedding needs dim % 4 == 0, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+
+    def axis(n: int) -> torch.Tensor:  # n x dim/2
+        out = torch.arange(n, dtype=torch.float64)[:, None] * omega[None]
+        return torch.cat([out.sin(), out.cos()], dim=1)
+
+    rows = axis(h)[:, None, :].expand(h, w, dim // 2)
+    cols = axis(w)[None, :, :].expand(h, w, dim // 2)
+    return torch.cat([rows, cols], dim=-1).float()
 
 
 def set_trainable(model: Sam, trainable: list[str]) -> None:
@@ -49,36 +67,6 @@ def set_trainable(model: Sam, trainable: list[str]) -> None:
         if module is not None:
             for p in module.parameters():
                 p.requires_grad_(part in trainable)
-
-
-def ensure_encoder_differentiable() -> None:
-    """``models.image_encoder.rel_pos_attention`` builds its bias with ``torch.add(out=...)``,
-    which autograd rejects, so the encoder cannot be trained. Until the models fix lands, swap
-    in a mathematically identical function (one bias chunk, plain broadcast add) when a probe
-    shows the problem; once the models code is differentiable this does nothing."""
-    from ..models import image_encoder as ie
-
-    q = torch.zeros(1, 1, 4, 2, requires_grad=True)
-    rel = torch.zeros(3, 2, requires_grad=True)
-    try:
-        ie.rel_pos_attention(q, q, q, rel, rel, (2, 2), 1.0).sum().backward()
-        return
-    except RuntimeError:
-        pass
-    get_rel_pos, original = ie.get_rel_pos, ie.rel_pos_attention
-
-    def rel_pos_attention(q, k, v, rel_pos_h, rel_pos_w, size, scale, chunk_bytes=16 << 20):
-        if not torch.is_grad_enabled():  # inference keeps the chunked, memory-bounded original
-            return original(q, k, v, rel_pos_h, rel_pos_w, size, scale, chunk_bytes)
-        h, w = size
-        b, nh, _, dim = q.shape
-        r_q = q.reshape(b * nh, h, w, dim)
-        rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(h, h, rel_pos_h))
-        rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(w, w, rel_pos_w))
-        bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, nh, h * w, h * w)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
-
-    ie.rel_pos_attention = rel_pos_attention
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:

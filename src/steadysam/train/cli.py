@@ -46,7 +46,9 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     p.add_argument("--print-config", action="store_true", help="print the config and exit")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    p.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser(
@@ -74,7 +76,9 @@ def add_parsers(subparsers: Any) -> None:
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    p.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
     p.set_defaults(func=cmd_embed)
 
 

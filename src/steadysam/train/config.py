@@ -65,6 +65,10 @@ class ModelConfig:
     arch: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
     trainable: list[str] = field(default_factory=lambda: ["mask_decoder"])
+    # From-scratch runs only (ignored with a checkpoint): "zeros" keeps SAM's init of the ViT
+    # position embedding, "sincos" starts it from MAE's fixed 2-D sin-cos table (SAM's encoder
+    # was initialised from MAE): the decoder then finds positions from the first iterations.
+    pos_embed_init: str = "zeros"
 
 
 @dataclass
@@ -126,6 +130,8 @@ class TrainConfig:
         """Cross-field checks; returns self. Raises ConfigError."""
         if self.stage not in STAGES:
             raise ConfigError(f"stage must be one of {STAGES}, not {self.stage!r}")
+        if self.model.pos_embed_init not in ("zeros", "sincos"):
+            raise ConfigError("model.pos_embed_init must be zeros or sincos")
         bad = sorted(set(self.model.trainable) - set(PARTS))
         if bad:
             raise ConfigError(f"model.trainable: unknown parts {bad}; known: {list(PARTS)}")

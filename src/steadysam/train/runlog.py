@@ -46,10 +46,10 @@ def plot_losses(log: CsvLog, out: Path, title: str = "") -> None:
         return
     it = [r["iter"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for key in ("loss", "nfl", "ptl"):
-        ys = [r.get(key) for r in rows]
-        if any(y is not None for y in ys) and (key == "loss" or any(ys)):
-            ax1.plot(it, [y if y is not None else float("nan") for y in ys], label=key)
+    with_ptl = any(r.get("ptl") is not None for r in rows)  # else loss == nfl: one curve
+    for key in ("loss", "nfl", "ptl") if with_ptl else ("loss",):
+        ys = [r.get(key, float("nan")) for r in rows]
+        ax1.plot(it, ys, label=key)
     ax1.set_xlabel("iteration")
     ax1.set_ylabel("loss")
     ax1.legend()
