@@ -7,8 +7,9 @@ import argparse
 import pytest
 from test_eval_support import FakePredictor, make_folder
 
+from steadysam.cli import main
 from steadysam.eval import EvalConfig, evaluate
-from steadysam.eval.cli import add_parsers, main
+from steadysam.eval.cli import add_parsers
 
 
 def parser() -> argparse.ArgumentParser:

@@ -11,8 +11,8 @@ import json
 from test_eval_support import DATA
 
 import steadysam
+from steadysam.cli import main
 from steadysam.eval import EvalConfig, evaluate, read_records
-from steadysam.eval.cli import main
 
 
 def test_focsam_tiny_on_two_grabcut_images(tmp_path):

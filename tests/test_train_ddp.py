@@ -38,7 +38,7 @@ def test_two_process_training_stays_in_sync(tmp_path):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
         "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-        "-m", "steadysam.train.cli", "train", str(CONFIGS / "demo_tiny.yaml"), *ov,
+        "-m", "steadysam", "train", str(CONFIGS / "demo_tiny.yaml"), *ov,
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=150)

@@ -21,10 +21,10 @@ from test_train_support import (
 )
 
 from steadysam.checkpoints import save_checkpoint
+from steadysam.cli import main as cli_main
 from steadysam.factory import build_model
 from steadysam.models.build import build_sam
 from steadysam.train.build import build_train_model
-from steadysam.train.cli import main as cli_main
 from steadysam.train.config import load_config
 from steadysam.train.embed_cache import CacheError
 from steadysam.train.loop import train

@@ -43,7 +43,7 @@ def test_sigkill_then_resume_is_identical(tmp_path):
     ref = train(load_config(CONFIGS / "demo_tiny.yaml", overrides(tmp_path / "ref")))
 
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "steadysam.train.cli", "train", str(CONFIGS / "demo_tiny.yaml"),
+    cmd = [sys.executable, "-m", "steadysam", "train", str(CONFIGS / "demo_tiny.yaml"),
            *overrides(run)]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,

@@ -19,13 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-
-try:  # the eval subcommands live in steadysam.eval (optional while that package is written)
-    from .eval import cli as eval_cli
-except ModuleNotFoundError as e:
-    if e.name not in ("steadysam.eval", "steadysam.eval.cli"):
-        raise
-    eval_cli = None
+from .eval import cli as eval_cli
+from .train import cli as train_cli
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -218,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-checkpoint", action="store_true", help="see segment --help")
     p.set_defaults(func=cmd_info)
 
-    if eval_cli is not None:
-        eval_cli.add_parsers(sub)
+    eval_cli.add_parsers(sub)
+    train_cli.add_parsers(sub)
     return parser
 
 

@@ -1,6 +1,6 @@
 """``steadysam eval`` and ``steadysam report`` subcommands (thin: parse, call the library).
 
-The top-level CLI calls :func:`add_parsers`; ``python -m steadysam.eval.cli eval ...`` works on
+The top-level CLI calls :func:`add_parsers`; ``python -m steadysam eval ...`` works on
 its own as well (handy under ``torchrun -m``). Exit codes: 0 ok, 2 bad arguments or input.
 """
 
@@ -19,7 +19,7 @@ datasets: {names} (aliases: DAVIS345, COCO_MVal, voc, ...); see docs/eval.md.
 examples:
   steadysam eval --model focsam_vit_h --dataset GrabCut --data-root data
   steadysam eval --checkpoint my.safetensors --dataset davis --clicks 100 --clicker focsam
-  torchrun --nproc_per_node 4 -m steadysam.eval.cli eval --model sam_vit_h --dataset sbd
+  torchrun --nproc_per_node 4 -m steadysam eval --model sam_vit_h --dataset sbd
 Re-running the same command resumes an interrupted run (same --out).
 """
 
@@ -162,13 +162,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="steadysam")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parsers(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+if __name__ == "__main__":  # python -m steadysam.<this>.cli ... == python -m steadysam ...
+    from steadysam.cli import main
 
-
-if __name__ == "__main__":
     sys.exit(main())

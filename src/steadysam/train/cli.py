@@ -1,9 +1,9 @@
 """``steadysam train`` and ``steadysam embed`` (thin: parse, call the library, print).
 
-The top-level CLI calls :func:`add_parsers`; ``python -m steadysam.train.cli ...`` works on its
+The top-level CLI calls :func:`add_parsers`; ``python -m steadysam ...`` works on its
 own too, which is what torchrun needs::
 
-    torchrun --nproc_per_node 4 -m steadysam.train.cli train configs/focsam_stage1.yaml
+    torchrun --nproc_per_node 4 -m steadysam train configs/focsam_stage1.yaml
 
 Exit codes: 0 ok, 2 bad configuration / data / cache (one line on stderr), 1 other failures.
 """
@@ -21,7 +21,7 @@ overrides: dotted keys of the YAML, values parsed as YAML, e.g.
   steadysam train configs/focsam_stage1.yaml optim.lr=3e-4 data.batch_size=4 \\
       data.datasets.0.images=/data/coco/train2017 run.out_dir=runs/s1
 Re-running the same command resumes from the newest checkpoint in run.out_dir.
-Multi-GPU / multi-process: torchrun --nproc_per_node N -m steadysam.train.cli train ...
+Multi-GPU / multi-process: torchrun --nproc_per_node N -m steadysam train ...
 """
 
 EPILOG_EMBED = """\
@@ -183,23 +183,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m steadysam.train.cli``): same exit codes as steadysam."""
-    parser = argparse.ArgumentParser(prog="steadysam")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parsers(sub)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except KeyboardInterrupt:
-        print("interrupted (re-run the same command to resume)", file=sys.stderr)
-        return 130
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        if getattr(args, "debug", False):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+if __name__ == "__main__":  # python -m steadysam.<this>.cli ... == python -m steadysam ...
+    from steadysam.cli import main
 
-
-if __name__ == "__main__":
     sys.exit(main())
