@@ -40,3 +40,19 @@ def test_image_encoder_is_trainable():
     model.image_encoder(x).square().mean().backward()
     for name, p in model.image_encoder.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_dense_pe_cache_follows_weight_updates():
+    model = build_model("sam_tiny")
+    pe = model.prompt_encoder
+    with torch.inference_mode():
+        first = pe.get_dense_pe()
+        assert pe.get_dense_pe() is first  # cached between clicks
+    state = model.state_dict()
+    key = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
+    state[key] = torch.randn_like(state[key])
+    model.load_state_dict(state)
+    with torch.inference_mode():
+        again = pe.get_dense_pe()
+    assert not torch.equal(first, again)
+    assert torch.equal(again, pe.pe_layer(pe.image_embedding_size).unsqueeze(0))

@@ -37,10 +37,22 @@ class PromptEncoder(nn.Module):
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
+        self._dense_pe: torch.Tensor | None = None
+        self._dense_pe_key: tuple | None = None
 
     def get_dense_pe(self) -> torch.Tensor:
-        """1 x C x h x w positional encoding of the embedding grid."""
-        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+        """1 x C x h x w positional encoding of the embedding grid.
+
+        Cached (a few ms of sin/cos per click otherwise): the key includes the Gaussian
+        matrix's version counter, which any in-place update such as load_state_dict bumps."""
+        g = self.pe_layer.positional_encoding_gaussian_matrix
+        key = (g.device, g.dtype, g._version, id(g))
+        if self.training or torch.is_grad_enabled() or self._dense_pe_key != key:
+            pe = self.pe_layer(self.image_embedding_size).unsqueeze(0)
+            if self.training or torch.is_grad_enabled():
+                return pe
+            self._dense_pe, self._dense_pe_key = pe, key
+        return self._dense_pe
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         points = points + 0.5  # shift to pixel centres
