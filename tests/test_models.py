@@ -16,9 +16,10 @@ def _naive(q, k, v, rel_h, rel_w, size, scale):
     b, nh, n, d = q.shape
     Rh, Rw = get_rel_pos(h, h, rel_h), get_rel_pos(w, w, rel_w)
     r_q = q.reshape(b * nh, h, w, d)
-    bias = torch.einsum("bhwc,hkc->bhwk", r_q, Rh)[..., :, None] + torch.einsum(
-        "bhwc,wkc->bhwk", r_q, Rw
-    )[..., None, :]
+    bias = (
+        torch.einsum("bhwc,hkc->bhwk", r_q, Rh)[..., :, None]
+        + torch.einsum("bhwc,wkc->bhwk", r_q, Rw)[..., None, :]
+    )
     attn = (q * scale) @ k.transpose(-1, -2) + bias.reshape(b, nh, n, n)
     return attn.softmax(-1) @ v
 

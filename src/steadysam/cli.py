@@ -72,7 +72,7 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 
 # -- subcommands -----------------------------------------------------------------------------
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model (at least one)")
+    g = p.add_argument_group("model (default: the built-in demo model)")
     g.add_argument("--model", help="registered model name, e.g. sam_vit_b, focsam_vit_h")
     g.add_argument("--checkpoint", help="weights: official SAM/FocSAM .pth or .safetensors")
     g.add_argument("--pretrained", action="store_true", help="download --model's weights")
@@ -90,8 +90,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     if not args.click and args.box is None:
         raise ValueError("give at least one --click X,Y[,+|-] or a --box X0,Y0,X1,Y1")
-    if args.model is None and args.checkpoint is None:
-        raise ValueError("give --checkpoint PATH or --model NAME")
     rgb = load_image(args.image)  # before the model: a bad image fails fast
     model = build_model(args.model, args.checkpoint, args.pretrained, trusted=args.trust_checkpoint)
     if args.device:

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 from .checkpoints import CheckpointError, load_checkpoint, reconcile_config
 from .models.build import build_sam, sam_config
 from .models.sam import Sam
+
+# Small models trained on this project's CPUs and shipped in the package (README, "Demo
+# model"): the default when no model is named, so a fresh offline machine works out of the box.
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEMO_MODELS = {
+    "demo_focsam": WEIGHTS_DIR / "demo_focsam.safetensors",
+    "demo_sam": WEIGHTS_DIR / "demo_sam.safetensors",  # the same model without the refiner
+}
+DEFAULT_MODEL = "demo_focsam"
 
 
 def build_model(
@@ -20,7 +31,9 @@ def build_model(
 
     Arguments:
         name: a registered architecture (``steadysam.MODEL_CONFIGS``: sam_vit_b/l/h,
-            focsam_vit_b/l/h, sam_tiny, focsam_tiny). Alone: random weights.
+            focsam_vit_b/l/h, sam_tiny, focsam_tiny; alone: random weights), or a built-in
+            trained model (``demo_focsam``, ``demo_sam``). No name and no checkpoint: the
+            built-in ``demo_focsam``, with a one-line notice on stderr.
         checkpoint: an official SAM ``.pth``, an official FocSAM (mmengine) ``.pth`` or a
             steadysam ``.safetensors`` file. Alone: the architecture is inferred from it. With
             ``name``: both architectures must agree (else :class:`CheckpointError` naming the
@@ -33,8 +46,19 @@ def build_model(
     the image convention its weights expect.
     """
     if name is None and checkpoint is None:
-        # DEMO DEFAULT: the single place where a default (demo) model will be chosen later.
-        raise ValueError("name a model (e.g. 'sam_vit_b') or pass checkpoint=PATH")
+        name = DEFAULT_MODEL
+        print(
+            f"steadysam: no model named, using the small built-in demo model ({name}, trained "
+            "on 800 COCO-MVal images on a CPU); for real results use "
+            "build_model('sam_vit_h', pretrained=True) or checkpoint=PATH (see README)",
+            file=sys.stderr,
+        )
+    if name in DEMO_MODELS:
+        if checkpoint is not None or pretrained:
+            raise ValueError(f"{name} is a built-in model: do not pass checkpoint or pretrained")
+        if not DEMO_MODELS[name].is_file():
+            raise FileNotFoundError(f"built-in weights missing: {DEMO_MODELS[name]}")
+        name, checkpoint = None, DEMO_MODELS[name]
     if pretrained:
         if checkpoint is not None:
             raise ValueError("pass pretrained=True or checkpoint=PATH, not both")

@@ -25,7 +25,7 @@ Re-running the same command resumes an interrupted run (same --out).
 
 
 def _eval_parser(p: argparse.ArgumentParser) -> None:
-    net = p.add_argument_group("model (at least one)")
+    net = p.add_argument_group("model (default: the built-in demo model)")
     net.add_argument("--model", help="registered model name, e.g. focsam_vit_h, sam_vit_b")
     net.add_argument("--checkpoint", help="weights file (official SAM/FocSAM or steadysam)")
     p.add_argument("--dataset", required=True, help="dataset name (see below)")
@@ -107,8 +107,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from steadysam.eval.runner import EvalConfig, RunError, evaluate
 
     if not args.model and not args.checkpoint:
-        print("error: give --model NAME or --checkpoint FILE", file=sys.stderr)
-        return 2
+        from steadysam.factory import DEFAULT_MODEL
+
+        args.model = DEFAULT_MODEL  # build_model prints the demo-model notice
     cfg = EvalConfig(
         dataset=args.dataset,
         model=args.model,
