@@ -31,16 +31,16 @@ start=$SECONDS
 
 echo "== stage 1: SAM from scratch -> $WEIGHTS/demo_sam.safetensors"
 # shellcheck disable=SC2086  # STAGE1_ARGS is a list of overrides
-$PY -m steadysam.train.cli train configs/demo_tiny.yaml "${data[@]}" \
+$PY -m steadysam train configs/demo_tiny.yaml "${data[@]}" \
   "run.out_dir=$RUN/stage1" "run.export=$WEIGHTS/demo_sam.safetensors" ${STAGE1_ARGS:-}
 
 echo "== embedding cache (stage-1 encoder, fp16) -> $RUN/cache"
-$PY -m steadysam.train.cli embed configs/demo_tiny_stage2.yaml "${data[@]}" \
+$PY -m steadysam embed configs/demo_tiny_stage2.yaml "${data[@]}" \
   "model.checkpoint=$stage1" --out "$RUN/cache" --fp16
 
 echo "== stage 2: FocSAM refiner -> $WEIGHTS/demo_focsam.safetensors"
 # shellcheck disable=SC2086
-$PY -m steadysam.train.cli train configs/demo_tiny_stage2.yaml "${data[@]}" \
+$PY -m steadysam train configs/demo_tiny_stage2.yaml "${data[@]}" \
   "model.checkpoint=$stage1" "data.cache=$RUN/cache" \
   "run.out_dir=$RUN/stage2" "run.export=$WEIGHTS/demo_focsam.safetensors" ${STAGE2_ARGS:-}
 
