@@ -46,8 +46,9 @@ def test_help_lists_the_options(capsys):
 
 
 def test_bad_arguments_and_input_exit_2(tmp_path, capsys):
-    assert run(["eval", "--dataset", "davis"]) == 2
-    assert "--model" in capsys.readouterr().err
+    # No model named means the built-in demo model; a missing dataset is still bad input.
+    assert run(["eval", "--dataset", "davis", "--data-root", str(tmp_path)]) == 2
+    assert "dataset layout" in capsys.readouterr().err
     assert run(["eval", "--model", "m", "--dataset", "nope"]) == 2
     assert "unknown dataset" in capsys.readouterr().err
     assert run(["eval", "--model", "m", "--dataset", "davis", "--data-root", str(tmp_path)]) == 2
