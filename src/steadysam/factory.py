@@ -20,6 +20,17 @@ DEMO_MODELS = {
 DEFAULT_MODEL = "demo_focsam"
 
 
+def print_demo_notice() -> None:
+    """The one-line notice shown whenever the demo model stands in for an unnamed model."""
+    print(
+        f"steadysam: no model named, using the small built-in demo model ({DEFAULT_MODEL}, "
+        "trained on 800 COCO-MVal objects on a CPU); for real results pass real weights: "
+        "`steadysam download sam_vit_h` then --checkpoint PATH, or "
+        "build_model('sam_vit_h', pretrained=True) (see README)",
+        file=sys.stderr,
+    )
+
+
 def build_model(
     name: str | None = None,
     checkpoint: str | os.PathLike | None = None,
@@ -47,12 +58,7 @@ def build_model(
     """
     if name is None and checkpoint is None:
         name = DEFAULT_MODEL
-        print(
-            f"steadysam: no model named, using the small built-in demo model ({name}, trained "
-            "on 800 COCO-MVal images on a CPU); for real results use "
-            "build_model('sam_vit_h', pretrained=True) or checkpoint=PATH (see README)",
-            file=sys.stderr,
-        )
+        print_demo_notice()
     if name in DEMO_MODELS:
         if checkpoint is not None or pretrained:
             raise ValueError(f"{name} is a built-in model: do not pass checkpoint or pretrained")

@@ -107,9 +107,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from steadysam.eval.runner import EvalConfig, RunError, evaluate
 
     if not args.model and not args.checkpoint:
-        from steadysam.factory import DEFAULT_MODEL
+        from steadysam.factory import DEFAULT_MODEL, print_demo_notice
 
-        args.model = DEFAULT_MODEL  # build_model prints the demo-model notice
+        args.model = DEFAULT_MODEL
+        print_demo_notice()
     cfg = EvalConfig(
         dataset=args.dataset,
         model=args.model,
