@@ -12,7 +12,7 @@ import os
 import tempfile
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -232,7 +232,6 @@ class _State:
     logits: torch.Tensor | None = None  # 1 x 1 x h x w low-res logits of the last prediction
     embedding: torch.Tensor | None = None  # refined embedding (FocSAM), None before the refiner
     mask: np.ndarray | None = None
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 class ObjectSession:

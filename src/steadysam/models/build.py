@@ -8,6 +8,7 @@ from functools import partial
 import torch.nn as nn
 
 from .config import RefinerConfig, SamConfig
+from .focus_refiner import FocusRefiner
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -51,8 +52,6 @@ def build_sam(config: SamConfig) -> Sam:
     )
     refiner: nn.Module | None = None
     if c.refiner is not None:
-        from .focus_refiner import FocusRefiner
-
         r = c.refiner
         refiner = FocusRefiner(
             embed_dim=c.prompt_embed_dim,

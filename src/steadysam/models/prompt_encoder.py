@@ -45,13 +45,13 @@ class PromptEncoder(nn.Module):
 
         Cached (a few ms of sin/cos per click otherwise): the key includes the Gaussian
         matrix's version counter, which any in-place update such as load_state_dict bumps."""
+        if self.training or torch.is_grad_enabled():
+            return self.pe_layer(self.image_embedding_size).unsqueeze(0)
         g = self.pe_layer.positional_encoding_gaussian_matrix
         key = (g.device, g.dtype, g._version, id(g))
-        if self.training or torch.is_grad_enabled() or self._dense_pe_key != key:
-            pe = self.pe_layer(self.image_embedding_size).unsqueeze(0)
-            if self.training or torch.is_grad_enabled():
-                return pe
-            self._dense_pe, self._dense_pe_key = pe, key
+        if self._dense_pe_key != key:
+            self._dense_pe = self.pe_layer(self.image_embedding_size).unsqueeze(0)
+            self._dense_pe_key = key
         return self._dense_pe
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from .config import SamConfig
+from .focus_refiner import focus_box_mask
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -78,8 +79,6 @@ class Sam(nn.Module):
     ) -> torch.Tensor:
         """FocSAM: focus box from coarse logits B x 1 x 4h x 4w, then the refiner on the
         embeddings B x C x h x w with the click-fused query B x 1 x C -> refined B x C x h x w."""
-        from .focus_refiner import focus_box_mask
-
         if self.refiner is None:
             raise RuntimeError("this model has no focus refiner (it is plain SAM, not FocSAM)")
         ratio = self.refiner.expand_ratio if expand_ratio is None else expand_ratio
