@@ -86,10 +86,10 @@ class MaskDecoder(nn.Module):
         pos_src = image_pe if image_pe.shape[0] == B else image_pe.expand(B, -1, -1, -1)
         b, c, h, w = src.shape
 
-        hs, src = self.transformer(src, pos_src, tokens)
-        iou_token_out = hs[:, 0, :]
-        mask_tokens_out = hs[:, 1 : (1 + self.num_mask_tokens), :][:, select]
         ids = range(self.num_mask_tokens)[select]
+        hs, src = self.transformer(src, pos_src, tokens, outputs=[0] + [1 + i for i in ids])
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1:, :]
 
         hyper_in = torch.stack(
             [self.output_hypernetworks_mlps[i](mask_tokens_out[:, j]) for j, i in enumerate(ids)],

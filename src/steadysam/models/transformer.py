@@ -43,22 +43,34 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
     def forward(
-        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
+        self,
+        image_embedding: torch.Tensor,
+        image_pe: torch.Tensor,
+        point_embedding: torch.Tensor,
+        outputs: list[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """B x C x h x w image, 1|B x C x h x w PE, B x N x C tokens ->
-        (B x N x C tokens, B x hw x C image)."""
-        bs, c, h, w = image_embedding.shape
-        image_embedding = image_embedding.flatten(2).permute(0, 2, 1)
-        image_pe = image_pe.flatten(2).permute(0, 2, 1)
+        (B x N' x C tokens, B x hw x C image). ``outputs`` picks the returned tokens (default
+        all, N' = N): the final token -> image attention updates each token on its own, so
+        it only runs for the tokens that are used."""
+        image_embedding = _tokens(image_embedding)
+        image_pe = _tokens(image_pe)
         queries = point_embedding
         keys = image_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, point_embedding, image_pe)
+        if outputs is not None:
+            queries, point_embedding = queries[:, outputs], point_embedding[:, outputs]
         q = queries + point_embedding
         k = keys + image_pe
         queries = queries + self.final_attn_token_to_image(q=q, k=k, v=keys)
         queries = self.norm_final_attn(queries)
         return queries, keys
+
+
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    """B x C x h x w -> contiguous B x hw x C (a view for channels-last input)."""
+    return x.flatten(2).transpose(1, 2).contiguous()
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -132,9 +144,63 @@ class Attention(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """B x Nq x C, B x Nk x C, B x Nk x C -> B x Nq x C."""
+        heads_q, heads_k = self.num_heads * q.shape[1], self.num_heads * k.shape[1]
+        if heads_q < self.internal_dim and k.shape[1] > self.internal_dim:
+            return self._few_queries(q, k, v)
+        if heads_k < self.internal_dim and q.shape[1] > self.internal_dim:
+            return self._few_keys(q, k, v)
         q = self._separate_heads(self.q_proj(q))
         k = self._separate_heads(self.k_proj(k))
         v = self._separate_heads(self.v_proj(v))
         out = F.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(q.shape[-1]))
         b, h, n, d = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
+
+    # The decoder's cross attentions pair a handful of tokens with thousands of image tokens.
+    # Projecting every image token to the internal width costs Nimg * C * internal; moving the
+    # projection onto the token side instead costs Nimg * C * heads * Ntok, which is smaller
+    # while heads * Ntok < internal (up to ~10 clicks for SAM). Same function, reassociated.
+
+    def _few_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Token -> image attention without projecting the image tokens: the scores are
+        (q_h Wk_h) k^T + q_h bk_h and the values (p_h v) Wv_h^T."""
+        b, nq, c = q.shape
+        nh = self.num_heads
+        d = self.internal_dim // nh
+        qh = self.q_proj(q).view(b, nq, nh, d).transpose(1, 2) * d**-0.5  # b x nh x nq x d
+        a = torch.matmul(qh, self.k_proj.weight.view(nh, d, c)).reshape(b, nh * nq, c)
+        # A per-query constant that softmax cancels; kept so that the bias takes part in
+        # autograd exactly as in the reference (DDP requires every parameter to be used).
+        shift = torch.matmul(qh, self.k_proj.bias.view(nh, d, 1)).reshape(b, nh * nq, 1)
+        attn = torch.baddbmm(shift, a, k.transpose(1, 2)).softmax(dim=-1)
+        y = torch.bmm(attn, v).view(b, nh, nq, c)
+        wv = self.v_proj.weight.view(nh, d, c).transpose(1, 2)  # nh x C x d
+        out = torch.matmul(y, wv) + self.v_proj.bias.view(nh, 1, d)  # b x nh x nq x d
+        return self.out_proj(out.transpose(1, 2).reshape(b, nq, nh * d))
+
+    def _few_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Image -> token attention without projecting the image tokens: the scores are
+        q (Wq_h^T k_h^T) + bq_h k_h^T and the output p_h (v_h Wo_h^T), all heads in one matmul."""
+        b, nq, c = q.shape
+        nk = k.shape[1]
+        nh = self.num_heads
+        d = self.internal_dim // nh
+        kh = self.k_proj(k).view(b, nk, nh, d) * d**-0.5
+        vh = self.v_proj(v).view(b, nk, nh, d)
+        wq = self.q_proj.weight.view(nh, d, c)
+        m = torch.einsum("hdc,bjhd->bchj", wq, kh).reshape(b, c, nh * nk)
+        bias = torch.einsum("hd,bjhd->bhj", self.q_proj.bias.view(nh, d), kh)
+        scores = torch.baddbmm(bias.reshape(b, 1, nh * nk), q, m)
+        attn = _softmax_small(scores.view(b, nq, nh, nk)).view(b, nq, nh * nk)
+        wo = self.out_proj.weight.view(-1, nh, d)  # C_out x nh x d
+        u = torch.einsum("bjhd,chd->bhjc", vh, wo).reshape(b, nh * nk, -1)
+        return torch.baddbmm(self.out_proj.bias.view(1, 1, -1), attn, u)
+
+
+def _softmax_small(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over a short last axis (a few tokens): ATen's kernel is tuned for long rows
+    and is ~4x slower here than these whole-tensor passes."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return x.softmax(dim=-1)  # the in-place passes below would break autograd
+    e = (x - x.amax(dim=-1, keepdim=True)).exp_()
+    return e.div_(e.sum(dim=-1, keepdim=True))
