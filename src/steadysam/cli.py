@@ -20,6 +20,7 @@ import numpy as np
 
 from . import __version__
 from .eval import cli as eval_cli
+from .memory import retain_freed_memory
 from .train import cli as train_cli
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -236,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse exits on --help, --version and usage errors
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     func: Callable[[argparse.Namespace], int] = args.func
+    retain_freed_memory()
     try:
         return int(func(args))
     except KeyboardInterrupt:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .memory import retain_freed_memory
 from .models.sam import Sam
 from .preprocess import Frame, image_to_tensor, load_image
 
@@ -34,6 +35,9 @@ class Predictor:
         cache_size: image embeddings kept in memory (LRU), keyed by image content.
         cache_dir: optional folder for an on-disk embedding cache, keyed by image content,
             model weights and preprocessing.
+
+    Creating a Predictor tunes glibc's malloc for this workload (``steadysam.memory``;
+    ``STEADYSAM_MALLOC_TUNING=0`` turns that off).
     """
 
     def __init__(
@@ -43,6 +47,7 @@ class Predictor:
         cache_size: int = 4,
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
+        retain_freed_memory()
         self.model = model.eval()
         self.convention = preprocess or model.config.preprocess
         Frame.create(self.convention, (1, 1), model.image_size)  # validates the name early
