@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from official_sam import SamPredictor, build_official_sam  # noqa: E402
 
 from steadysam import Predictor, build_model  # noqa: E402
+from steadysam.memory import retain_freed_memory  # noqa: E402
 from steadysam.models.build import VIT_B  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -134,12 +135,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc malloc at its defaults (by default both implementations run with "
+        "the settings steadysam's Predictor applies, see steadysam.memory)",
+    )
     ap.add_argument("--json", type=Path, help="also write the results to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.default_malloc:
+        os.environ["STEADYSAM_MALLOC_TUNING"] = "0"  # also for the Predictor below
+    tuned = retain_freed_memory()
     res = {
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads, "
-        f"torch {torch.__version__}"
+        f"torch {torch.__version__}, malloc {'tuned (both)' if tuned else 'default'}"
     }
     print(f"# {res['machine']}", flush=True)
     res["encoder_vit_b_1024"] = r = bench_encoder(args.repeats)

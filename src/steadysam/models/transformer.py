@@ -120,7 +120,7 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries))
+        keys = self.norm4(self.cross_attn_image_to_token(q=k, k=q, v=queries, residual=keys))
         return queries, keys
 
 
@@ -142,19 +142,28 @@ class Attention(nn.Module):
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """B x Nq x C, B x Nk x C, B x Nk x C -> B x Nq x C."""
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """B x Nq x C, B x Nk x C, B x Nk x C -> B x Nq x C (plus ``residual``, B x Nq x C,
+        when given: fused into the last matmul where possible)."""
         heads_q, heads_k = self.num_heads * q.shape[1], self.num_heads * k.shape[1]
         if heads_q < self.internal_dim and k.shape[1] > self.internal_dim:
-            return self._few_queries(q, k, v)
-        if heads_k < self.internal_dim and q.shape[1] > self.internal_dim:
-            return self._few_keys(q, k, v)
-        q = self._separate_heads(self.q_proj(q))
-        k = self._separate_heads(self.k_proj(k))
-        v = self._separate_heads(self.v_proj(v))
-        out = F.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(q.shape[-1]))
-        b, h, n, d = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
+            out = self._few_queries(q, k, v)
+        elif heads_k < self.internal_dim and q.shape[1] > self.internal_dim:
+            return self._few_keys(q, k, v, residual)
+        else:
+            q = self._separate_heads(self.q_proj(q))
+            k = self._separate_heads(self.k_proj(k))
+            v = self._separate_heads(self.v_proj(v))
+            out = F.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(q.shape[-1]))
+            b, h, n, d = out.shape
+            out = self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
+        return out if residual is None else residual + out
 
     # The decoder's cross attentions pair a handful of tokens with thousands of image tokens.
     # Projecting every image token to the internal width costs Nimg * C * internal; moving the
@@ -178,7 +187,9 @@ class Attention(nn.Module):
         out = torch.matmul(y, wv) + self.v_proj.bias.view(nh, 1, d)  # b x nh x nq x d
         return self.out_proj(out.transpose(1, 2).reshape(b, nq, nh * d))
 
-    def _few_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _few_keys(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None
+    ) -> torch.Tensor:
         """Image -> token attention without projecting the image tokens: the scores are
         q (Wq_h^T k_h^T) + bq_h k_h^T and the output p_h (v_h Wo_h^T), all heads in one matmul."""
         b, nq, c = q.shape
@@ -194,7 +205,12 @@ class Attention(nn.Module):
         attn = _softmax_small(scores.view(b, nq, nh, nk)).view(b, nq, nh * nk)
         wo = self.out_proj.weight.view(-1, nh, d)  # C_out x nh x d
         u = torch.einsum("bjhd,chd->bhjc", vh, wo).reshape(b, nh * nk, -1)
-        return torch.baddbmm(self.out_proj.bias.view(1, 1, -1), attn, u)
+        # Each head's weights sum to 1, so a row of attn sums to nh: the output bias rides
+        # along in u, and the residual is the matmul's accumulator (no extra full-size pass).
+        u = u + self.out_proj.bias / nh
+        if residual is None:
+            return torch.bmm(attn, u)
+        return torch.baddbmm(residual, attn, u)
 
 
 def _softmax_small(x: torch.Tensor) -> torch.Tensor:
