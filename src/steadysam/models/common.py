@@ -3,6 +3,50 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def _onednn_linear() -> object | None:
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+    return op if torch.backends.mkldnn.is_available() else None
+
+
+_ONEDNN_LINEAR = _onednn_linear()
+
+
+def fused_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    gelu: bool = False,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``F.linear`` followed by the exact (erf) GELU or by ``+ residual`` (not both).
+
+    For fp32 CPU inference both run inside oneDNN's matmul (the op PyTorch's own compiler
+    emits for this pattern): this skips writing the bias-initialised output, and the separate
+    GELU / residual pass over it, which for ViT-B's 4096 x 3072 MLP activations is ~25 % of the
+    layer. Elsewhere (autograd, other devices or dtypes) it is the plain composition."""
+    assert not (gelu and residual is not None)
+    if (
+        _ONEDNN_LINEAR is not None
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+    ):
+        x2 = x.reshape(-1, x.shape[-1])
+        if residual is not None:
+            out = _ONEDNN_LINEAR(x2, residual.reshape(-1, weight.shape[0]), weight, bias, "add")
+        else:
+            out = _ONEDNN_LINEAR(x2, weight, bias, "gelu" if gelu else "none", [], "none")
+        return out.view(*x.shape[:-1], weight.shape[0])
+    out = F.linear(x, weight, bias)
+    if gelu:
+        return F.gelu(out)
+    return out if residual is None else residual + out
+
+
 class MLPBlock(nn.Module):
     def __init__(self, embedding_dim: int, mlp_dim: int, act: type[nn.Module] = nn.GELU) -> None:
         super().__init__()
@@ -10,8 +54,13 @@ class MLPBlock(nn.Module):
         self.lin2 = nn.Linear(mlp_dim, embedding_dim)
         self.act = act()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin2(self.act(self.lin1(x)))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """... x C -> ... x C, plus ``residual`` when given."""
+        if type(self.act) is nn.GELU and self.act.approximate == "none":
+            h = fused_linear(x, self.lin1.weight, self.lin1.bias, gelu=True)
+        else:
+            h = self.act(self.lin1(x))
+        return fused_linear(h, self.lin2.weight, self.lin2.bias, residual=residual)
 
 
 class LayerNorm2d(nn.Module):

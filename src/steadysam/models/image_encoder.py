@@ -105,7 +105,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """B x H x W x C -> B x H x W x C."""
         x = x + self.attn(self.norm1(x), self.window_size)
-        return x + self.mlp(self.norm2(x))
+        return self.mlp(self.norm2(x), residual=x)
 
 
 class Attention(nn.Module):

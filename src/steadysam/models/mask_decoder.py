@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import LayerNorm2d
+from .common import LayerNorm2d, fused_linear
 
 
 class MaskDecoder(nn.Module):
@@ -113,21 +113,26 @@ class MaskDecoder(nn.Module):
         b = src.shape[0]
         x = _subpixel_linear(src, up0)  # b x hw*4 x C/4, rows (pixel, dy1, dx1)
         x = act0(F.layer_norm(x, (x.shape[-1],), ln.weight, ln.bias, ln.eps))
-        x = act1(_subpixel_linear(x, up1))  # b x hw*16 x C/8, rows (pixel, dy1, dx1, dy2, dx2)
+        if type(act1) is nn.GELU and act1.approximate == "none":
+            x = _subpixel_linear(x, up1, gelu=True)
+        else:
+            x = act1(_subpixel_linear(x, up1))
+        # x: b x hw*16 x C/8, rows (pixel, dy1, dx1, dy2, dx2)
         masks = x @ hyper_in.transpose(1, 2)  # b x hw*16 x M
         m = masks.shape[-1]
         masks = masks.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
         return masks.reshape(b, m, 4 * h, 4 * w)
 
 
-def _subpixel_linear(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+def _subpixel_linear(x: torch.Tensor, conv: nn.ConvTranspose2d, gelu: bool = False) -> torch.Tensor:
     """A kernel-2, stride-2 ConvTranspose2d as a matmul: B x N x Cin -> B x 4N x Cout, each
-    input row expanded to its 4 sub-pixels (dy, dx) in row-major order."""
+    input row expanded to its 4 sub-pixels (dy, dx) in row-major order; optionally followed
+    by the exact GELU (fused on CPU)."""
     b, n, cin = x.shape
     cout = conv.out_channels
-    weight = conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)  # Cin x (dy, dx, Cout)
-    bias = conv.bias.repeat(4) if conv.bias is not None else x.new_zeros(4 * cout)
-    return torch.addmm(bias, x.reshape(b * n, cin), weight).view(b, 4 * n, cout)
+    weight = conv.weight.permute(2, 3, 1, 0).reshape(4 * cout, cin)  # (dy, dx, Cout) x Cin
+    bias = conv.bias.repeat(4) if conv.bias is not None else None
+    return fused_linear(x, weight, bias, gelu=gelu).view(b, 4 * n, cout)
 
 
 class MLP(nn.Module):
