@@ -8,11 +8,13 @@ tensors separately, which dominates the official implementation's time in the gl
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import LayerNorm2d, MLPBlock
+from .common import LayerNorm2d, MLPBlock, fused_linear
 
 
 class ImageEncoderViT(nn.Module):
@@ -135,24 +137,30 @@ class Attention(nn.Module):
         """B x H x W x C -> B x H x W x C; window_size > 0 attends within windows only.
 
         Equivalent to official SAM's partition-then-attend: there, zero-padded tokens become
-        keys equal to the qkv bias. Projecting before padding and padding with that bias gives
-        the same keys without running the linear layers on padding."""
+        keys equal to the qkv bias. Here the projection runs on the real tokens only and the
+        windows are gathered from its rows plus one bias row (the padding)."""
         B, H, W, C = x.shape
         nh = self.num_heads
-        qkv = self.qkv(x)
+        qkv = fused_linear(x, self.qkv.weight, self.qkv.bias).reshape(B * H * W, 3 * C)
         if window_size > 0:
-            qkv, pad_hw = window_partition(qkv, window_size, pad_value=self.qkv.bias)
-        b, h, w, _ = qkv.shape
-        qkv = qkv.reshape(b, h * w, 3, nh, C // nh).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # b x nh x hw x hd
+            gather, scatter, padding = window_rows(B, H, W, window_size, x.device)
+            qkv = qkv.index_select(0, gather)
+            if padding.numel():
+                pad = self.qkv.bias if self.qkv.bias is not None else qkv.new_zeros(3 * C)
+                qkv = qkv.index_copy(0, padding, pad.to(qkv.dtype).expand(padding.numel(), -1))
+            b, h, w = gather.numel() // window_size**2, window_size, window_size
+        else:
+            b, h, w = B, H, W
+        # b x nh x hw x hd views into the token-major qkv rows (no copies)
+        q, k, v = qkv.view(b, h * w, 3, nh, C // nh).permute(2, 0, 3, 1, 4).unbind(0)
         if self.use_rel_pos:
             out = rel_pos_attention(q, k, v, self.rel_pos_h, self.rel_pos_w, (h, w), self.scale)
         else:
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        out = out.transpose(1, 2).reshape(b, h, w, C)
+        out = out.transpose(1, 2).reshape(b * h * w, C)
         if window_size > 0:
-            out = window_unpartition(out, window_size, pad_hw, (H, W))
-        return self.proj(out)
+            out = out.index_select(0, scatter)
+        return fused_linear(out.view(B, H, W, C), self.proj.weight, self.proj.bias)
 
 
 class PatchEmbed(nn.Module):
@@ -165,38 +173,29 @@ class PatchEmbed(nn.Module):
         return self.proj(x).permute(0, 2, 3, 1)
 
 
-def window_partition(
-    x: torch.Tensor, window_size: int, pad_value: torch.Tensor | None = None
-) -> tuple[torch.Tensor, tuple[int, int]]:
-    """B x H x W x C -> (B * nW) x ws x ws x C, padding H and W up to multiples of ws with
-    zeros or with the per-channel vector pad_value (C)."""
-    B, H, W, C = x.shape
-    Hp = -(-H // window_size) * window_size
-    Wp = -(-W // window_size) * window_size
-    if (Hp, Wp) != (H, W):
-        if pad_value is None:
-            x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
-        else:
-            padded = pad_value.to(x.dtype).expand(B, Hp, Wp, C).clone()
-            padded[:, :H, :W] = x
-            x = padded
-    x = x.view(B, Hp // window_size, window_size, Wp // window_size, window_size, C)
-    windows = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, C)
-    return windows, (Hp, Wp)
+@functools.lru_cache(maxsize=16)
+def _window_rows_cpu(
+    b: int, h: int, w: int, ws: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+    grid = torch.full((b, hp, wp), -1, dtype=torch.long)
+    grid[:, :h, :w] = torch.arange(b * h * w).view(b, h, w)
+    source = grid.view(b, hp // ws, ws, wp // ws, ws).transpose(2, 3).reshape(-1)
+    padding = (source < 0).nonzero().squeeze(1)
+    order = torch.empty(b * h * w, dtype=torch.long)
+    real = source >= 0
+    order[source[real]] = real.nonzero().squeeze(1)  # where each token lands in the windows
+    return source.clamp(min=0), order, padding
 
 
-def window_unpartition(
-    windows: torch.Tensor, window_size: int, pad_hw: tuple[int, int], hw: tuple[int, int]
-) -> torch.Tensor:
-    """Inverse of window_partition: (B * nW) x ws x ws x C -> B x H x W x C."""
-    Hp, Wp = pad_hw
-    H, W = hw
-    B = windows.shape[0] // (Hp * Wp // window_size // window_size)
-    x = windows.view(B, Hp // window_size, Wp // window_size, window_size, window_size, -1)
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, -1)
-    if Hp > H or Wp > W:
-        x = x[:, :H, :W, :].contiguous()
-    return x
+def window_rows(
+    b: int, h: int, w: int, window_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row indices for official SAM's window_partition / window_unpartition on B*H*W token
+    rows: ``gather`` ((B * nW * ws^2) source rows, row-major windows padded at the bottom /
+    right), ``scatter`` (the window row of each token, which also crops the padding) and
+    ``padding`` (the window rows that are padding; gather points them at row 0)."""
+    return tuple(t.to(device) for t in _window_rows_cpu(b, h, w, window_size))
 
 
 def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
@@ -253,36 +252,36 @@ def _biased_attention_inplace(
     scale: float,
     chunk_bytes: int,
 ) -> torch.Tensor:
-    """Inference: one logit buffer per chunk of (batch x head, query rows), filled by a
+    """Inference: one logit buffer per chunk of (batch, query rows) of one head, filled by a
     matmul, biased and soft-maxed in place, then multiplied into its slice of the output.
 
     Unlike SDPA with an additive mask, the bias is never written out as a tensor of its own
-    and read back: on 2 CPU cores this is ~1.5x faster for a ViT-B global block."""
-    bn, h, w, kh = rel_h.shape
+    and read back. q, k, v may be strided views (e.g. into the qkv projection's rows): every
+    matmul reads them in place. Returns B x nh x L x hd, a view of B x L x nh x hd memory."""
     B, nh, L, dim = q.shape
-    q = (q * scale).reshape(bn, L, dim)
-    kt = k.reshape(bn, L, dim).transpose(1, 2)
-    v = v.reshape(bn, L, dim)
-    out = q.new_empty(bn, L, dim)
+    _, h, w, kh = rel_h.shape
+    rel_h = rel_h.view(B, nh, h, w, kh)
+    rel_w = rel_w.view(B, nh, h, w, -1)
+    out = q.new_empty(B, L, nh, dim)
     row_bytes = w * L * q.element_size()
     rows = min(h, max(1, chunk_bytes // row_bytes))
-    # Several batch x head slices per chunk only when whole ones fit (windows): the output
-    # slice written by the second matmul must stay contiguous.
-    group = min(bn, max(1, chunk_bytes // (h * row_bytes))) if rows == h else 1
+    group = min(B, max(1, chunk_bytes // (h * row_bytes))) if rows == h else 1
     buffer = q.new_empty(group * rows * w * L)
-    for b0 in range(0, bn, group):
-        g = min(group, bn - b0)
-        for r0 in range(0, h, rows):
-            r = min(rows, h - r0)
-            tokens = slice(r0 * w, (r0 + r) * w)
-            logits = buffer[: g * r * w * L].view(g, r * w, L)
-            torch.bmm(q[b0 : b0 + g, tokens], kt[b0 : b0 + g], out=logits)
-            grid = logits.view(g, r, w, kh, L // kh)
-            grid.add_(rel_h[b0 : b0 + g, r0 : r0 + r, :, :, None])
-            grid.add_(rel_w[b0 : b0 + g, r0 : r0 + r, :, None, :])
-            torch.softmax(logits, dim=-1, out=logits)
-            torch.bmm(logits, v[b0 : b0 + g], out=out[b0 : b0 + g, tokens])
-    return out.view(B, nh, L, dim)
+    for head in range(nh):
+        kt, vh = k[:, head].transpose(1, 2), v[:, head]
+        for b0 in range(0, B, group):
+            g = min(group, B - b0)
+            for r0 in range(0, h, rows):
+                r = min(rows, h - r0)
+                tokens = slice(r0 * w, (r0 + r) * w)
+                logits = buffer[: g * r * w * L].view(g, r * w, L)
+                torch.bmm(q[b0 : b0 + g, head, tokens] * scale, kt[b0 : b0 + g], out=logits)
+                grid = logits.view(g, r, w, kh, L // kh)
+                grid.add_(rel_h[b0 : b0 + g, head, r0 : r0 + r, :, :, None])
+                grid.add_(rel_w[b0 : b0 + g, head, r0 : r0 + r, :, None, :])
+                torch.softmax(logits, dim=-1, out=logits)
+                torch.bmm(logits, vh[b0 : b0 + g], out=out[b0 : b0 + g, tokens, head])
+    return out.transpose(1, 2)
 
 
 def _biased_sdpa(
