@@ -123,11 +123,12 @@ def test_fused_linear_matches_composition(grad):
         w.requires_grad_(True)
     lin = F.linear(x, w, b)
     assert torch.allclose(fused_linear(x, w, b), lin, atol=1e-5)
-    assert torch.allclose(fused_linear(x, w, b, gelu=True), F.gelu(lin), atol=1e-5)
+    for name, act in (("gelu", F.gelu), ("tanh", torch.tanh), ("relu", F.relu)):
+        assert torch.allclose(fused_linear(x, w, b, name), act(lin), atol=1e-5), name
     assert torch.allclose(fused_linear(x, w, b, residual=r), r + lin, atol=1e-5)
     assert torch.allclose(fused_linear(x, w, None), F.linear(x, w), atol=1e-5)
     if grad:
-        fused_linear(x, w, b, gelu=True).sum().backward()
+        fused_linear(x, w, b, "gelu").sum().backward()
         assert w.grad is not None
 
 

@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .common import fused_linear
+
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
@@ -116,7 +118,7 @@ def modulated_deform_conv2d(
     cout, _, kh, kw = weight.shape
     ho, wo = offset.shape[-2:]
     cols = deform_columns(x, offset, mask, (kh, kw), stride, padding, dilation)
-    out = F.linear(cols, weight.permute(0, 2, 3, 1).reshape(cout, -1), bias)
+    out = fused_linear(cols, weight.permute(0, 2, 3, 1).reshape(cout, -1), bias)
     return out.view(x.shape[0], ho, wo, cout).permute(0, 3, 1, 2)
 
 

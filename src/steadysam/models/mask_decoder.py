@@ -114,7 +114,7 @@ class MaskDecoder(nn.Module):
         x = _subpixel_linear(src, up0)  # b x hw*4 x C/4, rows (pixel, dy1, dx1)
         x = act0(F.layer_norm(x, (x.shape[-1],), ln.weight, ln.bias, ln.eps))
         if type(act1) is nn.GELU and act1.approximate == "none":
-            x = _subpixel_linear(x, up1, gelu=True)
+            x = _subpixel_linear(x, up1, "gelu")
         else:
             x = act1(_subpixel_linear(x, up1))
         # x: b x hw*16 x C/8, rows (pixel, dy1, dx1, dy2, dx2)
@@ -124,15 +124,17 @@ class MaskDecoder(nn.Module):
         return masks.reshape(b, m, 4 * h, 4 * w)
 
 
-def _subpixel_linear(x: torch.Tensor, conv: nn.ConvTranspose2d, gelu: bool = False) -> torch.Tensor:
+def _subpixel_linear(
+    x: torch.Tensor, conv: nn.ConvTranspose2d, activation: str | None = None
+) -> torch.Tensor:
     """A kernel-2, stride-2 ConvTranspose2d as a matmul: B x N x Cin -> B x 4N x Cout, each
     input row expanded to its 4 sub-pixels (dy, dx) in row-major order; optionally followed
-    by the exact GELU (fused on CPU)."""
+    by an activation (see ``fused_linear``)."""
     b, n, cin = x.shape
     cout = conv.out_channels
     weight = conv.weight.permute(2, 3, 1, 0).reshape(4 * cout, cin)  # (dy, dx, Cout) x Cin
     bias = conv.bias.repeat(4) if conv.bias is not None else None
-    return fused_linear(x, weight, bias, gelu=gelu).view(b, 4 * n, cout)
+    return fused_linear(x, weight, bias, activation).view(b, 4 * n, cout)
 
 
 class MLP(nn.Module):

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .common import fused_linear
 from .deform_conv import ModulatedDeformConv2d
 
 
@@ -41,7 +42,7 @@ class Attention(nn.Module):
         if q is k and k is v:  # self-attention: one fused projection
             w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
             bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
-            q, k, v = F.linear(q, w, bias).chunk(3, dim=-1)
+            q, k, v = fused_linear(q, w, bias).chunk(3, dim=-1)
         else:
             q, k, v = self.q_proj(q), self.k_proj(k), self.v_proj(v)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
@@ -49,7 +50,8 @@ class Attention(nn.Module):
         v = F.pad(v, (0, 0, 0, 1))
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         b, _, nq, _ = out.shape
-        return self.proj(out.transpose(1, 2).reshape(b, nq, -1))
+        out = out.transpose(1, 2).reshape(b, nq, -1)
+        return fused_linear(out, self.proj.weight, self.proj.bias)
 
     def attend_few(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         """Same result as ``forward(q, kv, kv)``, cheaper when Nq * heads << Nk.
@@ -120,7 +122,9 @@ class PDyReLU(nn.Module):
         """x: W x N x C (normalised tokens), q: W x 1 x C -> W x N x C."""
         c = self.channels
         # The dot product is deliberately unnormalised (no scale, no softmax).
-        pix = self.pixel_mlp(x @ q.transpose(1, 2))
+        hidden, _, out, _ = self.pixel_mlp
+        pix = F.relu(hidden(x @ q.transpose(1, 2)))
+        pix = fused_linear(pix, out.weight, out.bias, "tanh")
         pix = torch.addcmul(self.pixel_bias, pix, self.pixel_scale.exp())
         chn = self.channel_mlp(x.mean(1, keepdim=True))
         chn = torch.addcmul(self.channel_bias, chn, self.channel_scale.exp())
