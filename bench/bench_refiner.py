@@ -9,7 +9,9 @@ import argparse
 import time
 
 import torch
+from floor import count_gflops, matmul_peak_gflops
 
+from steadysam.memory import retain_freed_memory
 from steadysam.models.focus_refiner import FocusRefiner, box_mask, focus_box
 
 
@@ -22,6 +24,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    retain_freed_memory()  # as the Predictor does
 
     model = FocusRefiner().eval()
     feats = torch.randn(1, 256, 64, 64)
@@ -53,6 +56,17 @@ def main() -> None:
     print(
         f"threads={args.threads} runs={args.runs} min {min(ms):.1f} ms, "
         f"median {sorted(ms)[len(ms) // 2]:.1f} ms, per window {min(ms) / sum(counts):.2f} ms"
+    )
+    # Window self-attention runs in SDPA, which the counter does not see: q k^T and p v over
+    # N = S^2 tokens and N + 1 keys (the zero slot), C channels, per selected window.
+    n, c = model.blocks[0].window_size ** 2, feats.shape[1]
+    gflop = (
+        count_gflops(lambda: model(feats, mask, token)) + sum(counts) * 4 * n * (n + 1) * c / 1e9
+    )
+    peak = matmul_peak_gflops()
+    print(
+        f"fp32 floor: {gflop:.1f} GFLOP at the {peak:.0f} GFLOP/s matmul peak = "
+        f"{1e3 * gflop / peak:.0f} ms"
     )
 
 

@@ -22,7 +22,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from floor import count_gflops, matmul_peak_gflops  # noqa: E402
 from official_sam import SamPredictor, build_official_sam  # noqa: E402
 
 from steadysam import Predictor, build_model  # noqa: E402
@@ -62,7 +64,18 @@ def bench_encoder(repeats: int) -> dict:
         for _ in range(repeats):  # interleaved so both see the same machine state
             t_off = min(t_off, _min_time(lambda: official.image_encoder(x), 1))
             t_ours = min(t_ours, _min_time(lambda: ours.image_encoder(x), 1))
-    return {"official_s": t_off, "ours_s": t_ours, "ratio": t_ours / t_off, "max_abs_diff": diff}
+    gflops = count_gflops(lambda: ours.image_encoder(x))  # every op is a matmul: bmm attention
+    peak = matmul_peak_gflops()
+    return {
+        "official_s": t_off,
+        "ours_s": t_ours,
+        "ratio": t_ours / t_off,
+        "max_abs_diff": diff,
+        "gflop": gflops,
+        "matmul_peak_gflops": peak,
+        "floor_s": gflops / peak,
+        "floor_ratio": gflops / peak / t_off,
+    }
 
 
 def bench_click(repeats: int) -> dict:
@@ -156,6 +169,11 @@ def main() -> None:
     print(
         f"image encoder ViT-B 1024^2: official {r['official_s']:.2f} s, ours {r['ours_s']:.2f} s, "
         f"ratio {r['ratio']:.2f} (max |diff| {r['max_abs_diff']:.1e})",
+        flush=True,
+    )
+    print(
+        f"  fp32 floor: {r['gflop']:.0f} GFLOP at the {r['matmul_peak_gflops']:.0f} GFLOP/s "
+        f"matmul peak = {r['floor_s']:.2f} s = {r['floor_ratio']:.2f} x official",
         flush=True,
     )
     res["click_vit_b"] = r = bench_click(max(args.repeats, 5))
