@@ -103,3 +103,19 @@ def test_load_image_path_and_errors(tmp_path):
         load_image(np.zeros((0, 4, 3), np.uint8))
     with pytest.raises(ImageError, match="NaN"):
         load_image(np.full((2, 2, 3), np.nan))
+
+
+@pytest.mark.parametrize("convention", ["sam", "focsam"])
+@pytest.mark.parametrize("size", [(480, 854), (854, 480), (300, 301), (1024, 1024), (7, 1000)])
+def test_logits_to_original_is_bit_identical_to_full_upsampling(convention, size):
+    """Only the low-res rows / columns the crop needs are upsampled; the result must equal
+    official SAM's postprocess_masks (upsample to S x S, crop, resize) bit for bit."""
+    import torch.nn.functional as F
+
+    frame = Frame.create(convention, size, 1024)
+    logits = torch.randn(1, 2, 256, 256, generator=torch.Generator().manual_seed(0))
+    ref = F.interpolate(logits, (1024, 1024), mode="bilinear", align_corners=False)
+    ref = ref[..., : frame.input_size[0], : frame.input_size[1]]
+    ref = F.interpolate(ref, frame.padded_size, mode="bilinear", align_corners=False)
+    ref = ref[..., : size[0], : size[1]]
+    assert torch.equal(frame.logits_to_original(logits), ref)

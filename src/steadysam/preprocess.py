@@ -131,7 +131,21 @@ class Frame:
     def logits_to_original(self, logits: torch.Tensor) -> torch.Tensor:
         """B x M x h x w low-res logits -> B x M x H x W logits at original resolution."""
         S = self.image_size
-        x = F.interpolate(logits, (S, S), mode="bilinear", align_corners=False)
+        h, w = logits.shape[-2:]
+        if S % h == 0 and S % w == 0:
+            # Upsample only the low-res rows / columns the crop needs (+1 for the bilinear
+            # neighbour): the scale stays exactly S / h, so the kept pixels are bit-identical.
+            fy, fx = S // h, S // w
+            rows = min(h, -(-self.input_size[0] // fy) + 1)
+            cols = min(w, -(-self.input_size[1] // fx) + 1)
+            x = F.interpolate(
+                logits[..., :rows, :cols],
+                (rows * fy, cols * fx),
+                mode="bilinear",
+                align_corners=False,
+            )
+        else:
+            x = F.interpolate(logits, (S, S), mode="bilinear", align_corners=False)
         x = x[..., : self.input_size[0], : self.input_size[1]]
         x = F.interpolate(x, self.padded_size, mode="bilinear", align_corners=False)
         return x[..., : self.original_size[0], : self.original_size[1]]
