@@ -81,5 +81,12 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps)
-        return y.permute(0, 3, 1, 2)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            y = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps)
+            return y.permute(0, 3, 1, 2)
+        # Channel-first input (the mask prompt's first, 4-channel map): reduce across planes.
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        x = self.weight[:, None, None] * x + self.bias[:, None, None]
+        return x.contiguous(memory_format=torch.channels_last)
