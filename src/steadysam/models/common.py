@@ -40,8 +40,10 @@ def fused_linear(
         and weight.dtype == torch.float32
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
     ):
-        x2 = x.reshape(-1, x.shape[-1])
+        # oneDNN takes a slow reference path (seconds) on strided operands: pass dense ones.
+        x2, weight = x.reshape(-1, x.shape[-1]).contiguous(), weight.contiguous()
         if residual is not None:
+            residual = residual.contiguous()
             out = _ONEDNN_LINEAR(x2, residual.reshape(-1, weight.shape[0]), weight, bias, "add")
         else:
             out = _ONEDNN_LINEAR(x2, weight, bias, activation or "none", [], "none")

@@ -271,16 +271,26 @@ def _biased_attention_inplace(
         kt, vh = k[:, head].transpose(1, 2), v[:, head]
         for b0 in range(0, B, group):
             g = min(group, B - b0)
+            if g == 1:
+                # One long sequence (global blocks): 2-D matmuls, which oneDNN runs ~20 %
+                # faster than MKL's bmm for these shapes (see fused_linear).
+                k2, vt2 = k[b0, head], vh[b0].t().contiguous()
             for r0 in range(0, h, rows):
                 r = min(rows, h - r0)
                 tokens = slice(r0 * w, (r0 + r) * w)
-                logits = buffer[: g * r * w * L].view(g, r * w, L)
-                torch.bmm(q[b0 : b0 + g, head, tokens] * scale, kt[b0 : b0 + g], out=logits)
+                if g == 1:
+                    logits = fused_linear(q[b0, head, tokens] * scale, k2, None)[None]
+                else:
+                    logits = buffer[: g * r * w * L].view(g, r * w, L)
+                    torch.bmm(q[b0 : b0 + g, head, tokens] * scale, kt[b0 : b0 + g], out=logits)
                 grid = logits.view(g, r, w, kh, L // kh)
                 grid.add_(rel_h[b0 : b0 + g, head, r0 : r0 + r, :, :, None])
                 grid.add_(rel_w[b0 : b0 + g, head, r0 : r0 + r, :, None, :])
                 torch.softmax(logits, dim=-1, out=logits)
-                torch.bmm(logits, vh[b0 : b0 + g], out=out[b0 : b0 + g, tokens, head])
+                if g == 1:
+                    out[b0, tokens, head] = fused_linear(logits[0], vt2, None)
+                else:
+                    torch.bmm(logits, vh[b0 : b0 + g], out=out[b0 : b0 + g, tokens, head])
     return out.transpose(1, 2)
 
 
