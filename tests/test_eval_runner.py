@@ -178,3 +178,37 @@ def test_grabcut_ignore_band_excluded_for_ritm_background_for_focsam(tmp_path):
     assert runs["exclude"]["ious"][0] == pytest.approx(iou(pred, ob.gt, ob.ignore))
     assert runs["background"]["ious"][0] == pytest.approx(iou(pred, ob.gt))
     assert runs["exclude"]["ious"][0] != runs["background"]["ious"][0]
+
+
+def test_run_table_columns_match_headers_for_any_budget():
+    from steadysam.eval.report import run_table
+
+    def summary(clicks):
+        miou = [0.5 + 0.01 * i for i in range(clicks)]
+        thr = {"85": 3.0, "90": 4.0, "95": 6.0}
+        return dict(
+            dataset="GrabCut",
+            label="m",
+            clicks=clicks,
+            num_samples=2,
+            noc=thr,
+            nof=thr,
+            nof_ritm=thr,
+            miou=miou,
+        )
+
+    for budgets, heads in (
+        ([20], ["mIoU@1", "mIoU@5", "mIoU@20"]),
+        ([5], ["mIoU@1", "mIoU@5"]),
+        ([1], ["mIoU@1"]),
+        ([5, 20], ["mIoU@1", "mIoU@5", "mIoU@N"]),
+    ):
+        lines = run_table([summary(c) for c in budgets]).splitlines()
+        head = [c.strip() for c in lines[0].strip("|").split("|")]
+        assert [c for c in head if c.startswith("mIoU")] == heads
+        assert len(lines[1].strip("|").split("|")) == len(head)
+        for row in lines[2 : 2 + len(budgets)]:
+            assert len(row.strip("|").split("|")) == len(head)
+        last = head.index(heads[-1])
+        first_row = [c.strip() for c in lines[2].strip("|").split("|")]
+        assert first_row[last] == f"{100 * summary(budgets[0])['miou'][-1]:.2f}"

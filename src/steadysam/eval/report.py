@@ -122,11 +122,15 @@ def run_table(summaries: Sequence[dict[str, Any]]) -> str:
     """One row per run: NoC, both NoF conventions, mIoU@k, SPC (paper: total (decoder-only))."""
     budgets = {s["clicks"] for s in summaries}
     n = str(budgets.pop()) if len(budgets) == 1 else "N"  # N: each run's own budget
+    # mIoU after clicks 1 and 5, unless that is already the last column (a budget of 1 or 5).
+    early = [k for k in (1, 5) if n == "N" or k < int(n)]
     head = (
         f"| Method | Dataset | #Obj | NoC@85 | NoC@90 | NoC@95 | NoF@85 | NoF@90 | NoF@95 "
-        f"| ≥{n}@85 | ≥{n}@90 | mIoU@1 | mIoU@5 | mIoU@{n} | SPC s (dec.) | errors |"
+        f"| ≥{n}@85 | ≥{n}@90 | "
+        + "".join(f"mIoU@{k} | " for k in early)
+        + f"mIoU@{n} | SPC s (dec.) | errors |"
     )
-    lines = [head, "|" + "---|" * 16]
+    lines = [head, "|" + "---|" * (14 + len(early))]
     for s in summaries:
         noc, nof, nr, mi = s["noc"], s["nof"], s["nof_ritm"], s["miou"]
         cells = [
@@ -141,8 +145,7 @@ def run_table(summaries: Sequence[dict[str, Any]]) -> str:
             _f(nof.get("95")),
             _f(nr.get("85")),
             _f(nr.get("90")),
-            _f(100 * mi[0] if mi else None),
-            _f(100 * mi[4] if len(mi) > 4 else None),
+            *(_f(100 * mi[k - 1] if len(mi) >= k else None) for k in early),
             _f(100 * mi[-1] if mi else None),
             _spc(s),
             str(s.get("num_errors", 0)),
