@@ -43,10 +43,11 @@ def _random_attention(seed: int = 0) -> Attention:
     return attn
 
 
+@pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("direction", ["token_to_image", "image_to_token"])
-def test_cross_attention_token_side_projection_matches_reference(direction):
+def test_cross_attention_token_side_projection_matches_reference(direction, batch):
     attn = _random_attention()
-    tokens, image = torch.randn(2, 5, 64), torch.randn(2, 300, 64)
+    tokens, image = torch.randn(batch, 5, 64), torch.randn(batch, 300, 64)
     assert attn.num_heads * tokens.shape[1] < attn.internal_dim < image.shape[1]  # fast path
     q, kv = (tokens, image) if direction == "token_to_image" else (image, tokens)
     residual = torch.randn(q.shape)

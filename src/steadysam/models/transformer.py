@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import MLPBlock
+from .common import MLPBlock, fused_linear
 
 
 class TwoWayTransformer(nn.Module):
@@ -178,10 +178,14 @@ class Attention(nn.Module):
         d = self.internal_dim // nh
         qh = self.q_proj(q).view(b, nq, nh, d).transpose(1, 2) * d**-0.5  # b x nh x nq x d
         a = torch.matmul(qh, self.k_proj.weight.view(nh, d, c)).reshape(b, nh * nq, c)
-        # A per-query constant that softmax cancels; kept so that the bias takes part in
-        # autograd exactly as in the reference (DDP requires every parameter to be used).
-        shift = torch.matmul(qh, self.k_proj.bias.view(nh, d, 1)).reshape(b, nh * nq, 1)
-        attn = torch.baddbmm(shift, a, k.transpose(1, 2)).softmax(dim=-1)
+        if b == 1 and not torch.is_grad_enabled():
+            # The key bias only adds a per-query constant, which softmax cancels.
+            attn = fused_linear(a[0], k[0], None)[None].softmax(dim=-1)
+        else:
+            # Kept in training so that the bias takes part in autograd exactly as in the
+            # reference (DDP requires every parameter to be used).
+            shift = torch.matmul(qh, self.k_proj.bias.view(nh, d, 1)).reshape(b, nh * nq, 1)
+            attn = torch.baddbmm(shift, a, k.transpose(1, 2)).softmax(dim=-1)
         y = torch.bmm(attn, v).view(b, nh, nq, c)
         wv = self.v_proj.weight.view(nh, d, c).transpose(1, 2)  # nh x C x d
         out = torch.matmul(y, wv) + self.v_proj.bias.view(nh, 1, d)  # b x nh x nq x d
