@@ -1,9 +1,11 @@
 """SAM's ViT image encoder: windowed + global attention with decomposed relative positions.
 
 Parameter names follow segment-anything so that official checkpoints load without renames.
-Attention runs through ``F.scaled_dot_product_attention`` with the relative-position bias as an
-additive mask; on CPU this avoids materialising the scaled-logit, biased-logit and softmax
-tensors separately, which dominates the official implementation's time in the global blocks.
+The official code materialises the scaled logits, the bias, the biased logits and the softmax
+of every global block separately (4 x nh x 4096^2 floats); here inference fills one cache-sized
+logit buffer per chunk of query rows and biases and normalises it in place, and training uses
+``F.scaled_dot_product_attention`` with the bias as a chunked additive mask. Both read q, k, v
+as strided views of the qkv projection.
 """
 
 from __future__ import annotations
