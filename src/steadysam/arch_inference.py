@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .key_layouts import CheckpointError, detect_format, file_key, to_model_layout
 from .models.config import RefinerConfig, SamConfig
 
 
@@ -34,10 +35,6 @@ def infer_config(state_dict: Mapping[str, Any], format: str | None = None) -> Sa
     Conventions: FocSAM layout (or, for unknown provenance, a refiner present) gives LayerNorm eps
     1e-5 and ``focsam`` preprocessing (spec §2.1, §9); plain SAM gives 1e-6 and ``sam``.
     """
-    # Imported here, not at the top: checkpoints imports this module (load_checkpoint and the
-    # re-export of infer_config), while the key layouts read below are checkpoints' own.
-    from .checkpoints import CheckpointError, _file_key, detect_format, to_model_layout
-
     layout = detect_format(state_dict)
     fmt = format or layout
     state, _ = to_model_layout(state_dict, layout)
@@ -48,8 +45,8 @@ def infer_config(state_dict: Mapping[str, Any], format: str | None = None) -> Sa
             return state[key].shape
         part = key.split(".")[0] + "."
         absent = not any(k.startswith(part) for k in state)
-        note = f" (no {_file_key(part, names)}* keys at all)" if absent else ""
-        name = _file_key(key, names)
+        note = f" (no {file_key(part, names)}* keys at all)" if absent else ""
+        name = file_key(key, names)
         raise CheckpointError(f"cannot infer the architecture: {name!r} is missing{note}", [name])
 
     enc = "image_encoder."

@@ -14,8 +14,9 @@ Three formats are read, detected automatically (:func:`detect_format`):
                (:func:`save_checkpoint`); also any state dict in our layout with ``refiner.``.
 
 Loading is strict: a missing key, an unexpected key or a shape mismatch raises
-:class:`CheckpointError` listing them. The only key renames live in :data:`FOCSAM_KEY_MAP`.
-Files without a stored config get theirs from tensor shapes (:mod:`steadysam.arch_inference`).
+:class:`CheckpointError` listing them. Format detection and the only key renames
+(:data:`FOCSAM_KEY_MAP`) live in :mod:`steadysam.key_layouts`; files without a stored config get
+theirs from tensor shapes (:mod:`steadysam.arch_inference`).
 """
 
 from __future__ import annotations
@@ -31,29 +32,21 @@ from typing import Any
 
 import torch
 
-# infer_config is also re-exported: callers have always imported it from here.
-from .arch_inference import infer_config
+# Names imported "as" themselves are re-exported: callers have always imported them from here.
+from .arch_inference import infer_config as infer_config
+from .key_layouts import CONFIG_METADATA_KEY as CONFIG_METADATA_KEY
+from .key_layouts import FOCSAM_KEY_MAP as FOCSAM_KEY_MAP
+from .key_layouts import PARTS as PARTS
+from .key_layouts import WRAPPER_KEYS as WRAPPER_KEYS
+from .key_layouts import CheckpointError as CheckpointError
+from .key_layouts import abbrev, file_key
+from .key_layouts import detect_format as detect_format
+from .key_layouts import from_focsam_key as from_focsam_key
+from .key_layouts import to_focsam_key as to_focsam_key
+from .key_layouts import to_model_layout as to_model_layout
+from .key_layouts import unwrap_state_dict as unwrap_state_dict
 from .models.build import MODEL_CONFIGS, build_sam, sam_config
 from .models.config import SamConfig
-
-CONFIG_METADATA_KEY = "steadysam.config"
-PARTS = ("image_encoder", "prompt_encoder", "mask_decoder", "refiner")
-
-# The one key-compatibility table: (our prefix, FocSAM prefix, renames of dotted name components
-# inside that part). Official SAM needs no entry: its keys are ours (the refiner aside).
-FOCSAM_KEY_MAP: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
-    ("image_encoder.", "backbone.", ()),
-    (
-        "prompt_encoder.",
-        "neck.",
-        (("pe_layer", "pos_embed_layer"), ("point_embeddings", "point_embeds")),
-    ),
-    ("mask_decoder.", "decode_head.", ()),
-    ("refiner.", "refine_head.", ()),
-)
-# Entries of a checkpoint dict that may hold the weights (mmengine: state_dict; some SAM forks:
-# model). Everything else next to them (meta, optimizer, message_hub, ...) is ignored.
-WRAPPER_KEYS = ("state_dict", "model")
 
 # Fields an architecture can be told apart by from tensor shapes alone (see infer_config).
 SHAPE_FIELDS = tuple(
@@ -69,99 +62,6 @@ HIDDEN_FIELDS = (
     "refiner.num_heads",
     "refiner.window_size",
 )
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not match the architecture exactly."""
-
-    def __init__(self, message: str, missing=(), unexpected=(), mismatched=()) -> None:
-        super().__init__(message)
-        self.missing, self.unexpected = list(missing), list(unexpected)
-        self.mismatched = list(mismatched)
-
-
-def _abbrev(items: list[str], limit: int = 20) -> str:
-    """Long key lists stay readable: the first ``limit`` and a count of the rest."""
-    shown = ", ".join(items[:limit])
-    return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")
-
-
-# -- key layouts ---------------------------------------------------------------------------
-def _map_key(key: str, reverse: bool) -> str | None:
-    for ours, theirs, renames in FOCSAM_KEY_MAP:
-        src, dst = (theirs, ours) if not reverse else (ours, theirs)
-        if key.startswith(src):
-            parts = key[len(src) :].split(".")
-            table = {b: a for a, b in renames} if not reverse else dict(renames)
-            return dst + ".".join(table.get(p, p) for p in parts)
-    return None
-
-
-def from_focsam_key(key: str) -> str | None:
-    """A FocSAM key in our layout; None when it has none of FocSAM's prefixes."""
-    return _map_key(key, reverse=False)
-
-
-def to_focsam_key(key: str) -> str:
-    """Our key in FocSAM's layout (e.g. to write FocSAM-compatible files)."""
-    mapped = _map_key(key, reverse=True)
-    if mapped is None:
-        raise KeyError(f"{key!r} has no FocSAM equivalent")
-    return mapped
-
-
-def _file_key(key: str, fmt: str) -> str:
-    return to_focsam_key(key) if fmt == "focsam" else key
-
-
-def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
-    """The flat name -> tensor dict inside a loaded checkpoint object."""
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"expected a dict of tensors, found {type(obj).__name__}")
-    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            odd = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-            raise CheckpointError(
-                "not a state dict: neither all tensors nor a 'state_dict'/'model' entry; "
-                f"non-tensor entries: {_abbrev(odd)}"
-            )
-        obj = inner
-    odd = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if odd:
-        raise CheckpointError(f"state dict entries that are not tensors: {_abbrev(odd)}")
-    return dict(obj)
-
-
-def detect_format(state: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> str:
-    """``sam``, ``focsam`` or ``steadysam`` for a (possibly wrapped) state dict."""
-    if metadata and CONFIG_METADATA_KEY in metadata:
-        return "steadysam"
-    keys = list(unwrap_state_dict(state))
-    if any(from_focsam_key(k) is not None for k in keys):
-        return "focsam"
-    if any(k.startswith("refiner.") for k in keys):
-        return "steadysam"
-    if any(k.split(".", 1)[0] in PARTS for k in keys):
-        return "sam"
-    raise CheckpointError(
-        "unrecognised key layout (expected image_encoder./prompt_encoder./mask_decoder. or "
-        f"FocSAM's backbone./neck./decode_head./refine_head.); first keys: {_abbrev(keys, 5)}"
-    )
-
-
-def to_model_layout(state: Mapping[str, Any], fmt: str) -> tuple[dict, dict[str, str]]:
-    """(state dict with our keys, our key -> the key's name in the file). Keys that match no
-    rule keep their name, so they surface as unexpected keys instead of vanishing."""
-    flat = unwrap_state_dict(state)
-    if fmt != "focsam":
-        return flat, {k: k for k in flat}
-    out: dict[str, torch.Tensor] = {}
-    origin: dict[str, str] = {}
-    for key, value in flat.items():
-        ours = from_focsam_key(key) or key
-        out[ours], origin[ours] = value, key
-    return out, origin
 
 
 # -- architecture comparison ---------------------------------------------------------------
@@ -246,7 +146,7 @@ def check_state_dict(
     shapes of ``config``'s model. Keys are reported under their names in the file."""
     origin = origin or {}
     expected = expected_shapes(config)
-    missing = [_file_key(k, fmt) for k in expected if k not in state]
+    missing = [file_key(k, fmt) for k in expected if k not in state]
     unexpected = [origin.get(k, k) for k in state if k not in expected]
     mismatched = [
         f"{origin.get(k, k)} {tuple(v.shape)} vs {expected[k]}"
@@ -255,7 +155,7 @@ def check_state_dict(
     ]
     if missing or unexpected or mismatched:
         parts = [
-            f"{len(items)} {label}: {_abbrev(items)}"
+            f"{len(items)} {label}: {abbrev(items)}"
             for label, items in (
                 ("missing keys", missing),
                 ("unexpected keys", unexpected),
