@@ -149,7 +149,7 @@ class Attention(nn.Module):
             qkv = qkv.index_select(0, gather)
             if padding.numel():
                 pad = self.qkv.bias if self.qkv.bias is not None else qkv.new_zeros(3 * C)
-                qkv = qkv.index_copy(0, padding, pad.to(qkv.dtype).expand(padding.numel(), -1))
+                qkv.index_copy_(0, padding, pad.to(qkv.dtype).expand(padding.numel(), -1))
             b, h, w = gather.numel() // window_size**2, window_size, window_size
         else:
             b, h, w = B, H, W
