@@ -108,7 +108,8 @@ class Predictor:
 
     def set_embedding(self, features: torch.Tensor, original_size: tuple[int, int]) -> None:
         """Use a precomputed 1 x C x h x w embedding of an image of size (H, W)."""
-        self.features = features.to(self.device)
+        # Channels-last, like encode()'s output: the decoder then reads it without a copy.
+        self.features = features.to(self.device).contiguous(memory_format=torch.channels_last)
         self.frame = Frame.create(self.convention, tuple(original_size), self.model.image_size)
         self.is_image_set = True
 

@@ -222,7 +222,7 @@ class FocusRefiner(nn.Module):
           query_token (Tensor): B x 1 x C or B x C decoder mask-token-0 output.
 
         Returns:
-          (Tensor): B x C x H x W refined embedding.
+          (Tensor): B x C x H x W refined embedding (channels-last memory).
         """
         b, c, h, w = image_embeddings.shape
         if query_token.dim() == 2:
@@ -239,4 +239,4 @@ class FocusRefiner(nn.Module):
         t = self.token_proj(query_token)
         for block in self.blocks:
             x, t = block(x, t, focus)
-        return x.permute(0, 3, 1, 2).contiguous()
+        return x.permute(0, 3, 1, 2)  # channels-last memory, as the decoder reads it
