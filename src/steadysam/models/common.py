@@ -54,6 +54,13 @@ def fused_linear(
     return out if residual is None else residual + out
 
 
+def fusable_activation(module: nn.Module) -> str | None:
+    """The ``fused_linear`` name of an activation module, or None if it cannot be fused."""
+    if type(module) is nn.GELU:
+        return "gelu" if module.approximate == "none" else None
+    return {nn.ReLU: "relu", nn.Tanh: "tanh"}.get(type(module))
+
+
 class MLPBlock(nn.Module):
     def __init__(self, embedding_dim: int, mlp_dim: int, act: type[nn.Module] = nn.GELU) -> None:
         super().__init__()
@@ -63,8 +70,9 @@ class MLPBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """... x C -> ... x C, plus ``residual`` when given."""
-        if type(self.act) is nn.GELU and self.act.approximate == "none":
-            h = fused_linear(x, self.lin1.weight, self.lin1.bias, activation="gelu")
+        act = fusable_activation(self.act)
+        if act is not None:
+            h = fused_linear(x, self.lin1.weight, self.lin1.bias, act)
         else:
             h = self.act(self.lin1(x))
         return fused_linear(h, self.lin2.weight, self.lin2.bias, residual=residual)

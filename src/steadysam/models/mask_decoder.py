@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import LayerNorm2d, fused_linear
+from .common import LayerNorm2d, fusable_activation, fused_linear
 
 
 class MaskDecoder(nn.Module):
@@ -113,10 +113,8 @@ class MaskDecoder(nn.Module):
         b = src.shape[0]
         x = _subpixel_linear(src, up0)  # b x hw*4 x C/4, rows (pixel, dy1, dx1)
         x = act0(F.layer_norm(x, (x.shape[-1],), ln.weight, ln.bias, ln.eps))
-        if type(act1) is nn.GELU and act1.approximate == "none":
-            x = _subpixel_linear(x, up1, "gelu")
-        else:
-            x = act1(_subpixel_linear(x, up1))
+        act = fusable_activation(act1)
+        x = _subpixel_linear(x, up1, act) if act is not None else act1(_subpixel_linear(x, up1))
         # x: b x hw*16 x C/8, rows (pixel, dy1, dx1, dy2, dx2)
         masks = x @ hyper_in.transpose(1, 2)  # b x hw*16 x M
         m = masks.shape[-1]
