@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .atomic import atomic_path
 from .eval import cli as eval_cli
 from .memory import retain_freed_memory
 from .train import cli as train_cli
@@ -60,15 +59,8 @@ def _write_png(path: Path, image: np.ndarray) -> None:
     """Atomic PNG write (temporary file in the same folder + os.replace)."""
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # -- subcommands -----------------------------------------------------------------------------

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
+
+from .atomic import atomic_path
 
 
 @dataclass(frozen=True)
@@ -153,11 +154,10 @@ def download(name: str, directory: str | os.PathLike | None = None, progress: bo
             f"{str(dest)!r} is not the published {name} file (sha256 differs from "
             f"{entry.sha256}); delete it or replace it with a download of {entry.url}"
         )
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{entry.filename}.", suffix=".part")
-    try:
+    # A failed or corrupt download raises inside atomic_path: nothing is kept.
+    with atomic_path(dest, suffix=".part") as tmp:
         h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
+        with open(tmp, "wb") as out:
             try:
                 response = _urlopen(entry.url, timeout=60)
             except (urllib.error.URLError, OSError) as e:
@@ -184,11 +184,7 @@ def download(name: str, directory: str | os.PathLike | None = None, progress: bo
                 f"download of {entry.url} is corrupt: sha256 {h.hexdigest()}, expected "
                 f"{entry.sha256}; nothing was kept, try again"
             )
-        os.replace(tmp, dest)
-        _stamp_path(dest).write_text(json.dumps({**_stamp(dest), "sha256": entry.sha256}))
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _stamp_path(dest).write_text(json.dumps({**_stamp(dest), "sha256": entry.sha256}))
     return dest
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import atomic_path
 from .memory import retain_freed_memory
 from .models.sam import Sam
 from .preprocess import Frame, image_to_tensor, load_image
@@ -219,16 +219,8 @@ class Predictor:
             return None  # a damaged cache entry is recomputed and overwritten
 
     def _store_cached(self, key: str, features: torch.Tensor) -> None:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        path = self.cache_dir / f"{self._disk_key(key)}.pt"
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(self.cache_dir / f"{self._disk_key(key)}.pt") as tmp:
             torch.save(features.cpu(), tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
 
 @dataclass

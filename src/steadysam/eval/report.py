@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from steadysam.atomic import atomic_path, atomic_write_text
 from steadysam.eval.metrics import summarize
 
 DATASET_ORDER = (
@@ -39,16 +39,6 @@ DATASET_TITLES = {
     "pascal_voc": "PascalVOC",
     "folder": "folder",
 }
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file + os.replace so readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -192,6 +182,14 @@ def _canvas(w: float = 6.0, h: float = 4.0):
     return fig, fig.add_subplot(1, 1, 1)
 
 
+def _finish(fig, ax, path: Path) -> None:
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
+
+
 def plot_miou(summaries: Sequence[dict[str, Any]], path: Path) -> None:
     """mIoU (%) after each click, one curve per run."""
     fig, ax = _canvas()
@@ -208,10 +206,7 @@ def plot_miou(summaries: Sequence[dict[str, Any]], path: Path) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("number of clicks")
     ax.set_ylabel("mIoU (%)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
+    _finish(fig, ax, path)
 
 
 def plot_delta_hist(summaries: Sequence[dict[str, Any]], path: Path) -> None:
@@ -224,10 +219,7 @@ def plot_delta_hist(summaries: Sequence[dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("ΔIoU between consecutive clicks (%), drops < -1 % only")
     ax.set_ylabel("count")
     ax.set_yscale("symlog")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
+    _finish(fig, ax, path)
 
 
 def write_run_report(run_dir: Path, summary: dict[str, Any]) -> None:

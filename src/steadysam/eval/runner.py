@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from steadysam.atomic import atomic_write_text
 from steadysam.clicks import Clicker
 from steadysam.eval.datasets import (
     Dataset,
@@ -40,7 +41,7 @@ from steadysam.eval.datasets import (
     load_dataset,
 )
 from steadysam.eval.metrics import iou, sample_metrics
-from steadysam.eval.report import atomic_write_text, finalize, read_jsonl, read_records
+from steadysam.eval.report import finalize, read_jsonl, read_records
 
 PROTOCOLS = ("focsam", "sam-best")
 CLICKERS = ("ritm", "focsam")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from pathlib import Path
+
+from ..atomic import atomic_path
 
 COLUMNS = ("iter", "loss", "nfl", "ptl", "iou", "iou_coarse", "lr", "it_per_s", "samples_per_s")
 
@@ -62,12 +62,8 @@ def plot_losses(log: CsvLog, out: Path, title: str = "") -> None:
     ax2.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, out)
+        with atomic_path(out, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)

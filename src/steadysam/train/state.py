@@ -5,15 +5,15 @@ the previous or the new checkpoint, never half a file. Loadable with ``weights_o
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..atomic import atomic_path
 
 _NAME = re.compile(r"^iter_(\d+)\.pt$")
 
@@ -81,14 +81,8 @@ def save_state(
         "rng": rng_state(),
         **extra,
     }
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     for _, old in list_checkpoints(folder)[: -max(1, keep)]:
         old.unlink(missing_ok=True)
     return path
