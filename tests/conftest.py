@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -43,3 +44,10 @@ def randomize_(module: torch.nn.Module, std: float = 0.05, seed: int = 0) -> tor
             if t.is_floating_point():
                 t.add_(torch.randn(t.shape, generator=g) * std)
     return module
+
+
+def free_port() -> int:
+    """An unused local TCP port (for torchrun rendezvous in the multi-process tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

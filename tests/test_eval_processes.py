@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from conftest import free_port
 from test_eval_support import FakePredictor, make_folder, strip_timing
 
 from steadysam.eval import EvalConfig, evaluate, read_records
@@ -82,12 +82,6 @@ def test_sigkill_then_restart_loses_and_duplicates_nothing(tmp_path):
     assert len(json.loads((out / "config.json").read_text())["invocations"]) == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_two_ranks_equals_single_process(tmp_path):
     data = make_folder(tmp_path / "d", n=7)
     out = tmp_path / "dist"
@@ -103,7 +97,7 @@ def test_torchrun_two_ranks_equals_single_process(tmp_path):
         "--master_addr",
         "127.0.0.1",
         "--master_port",
-        str(_free_port()),
+        str(free_port()),
         str(_script(tmp_path)),
         conf,
         "0",

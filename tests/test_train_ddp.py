@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import torch
+from conftest import free_port
 from test_train_support import (
     CONFIGS,
     REPO,
@@ -23,12 +23,6 @@ from steadysam.train.build import build_train_model
 from steadysam.train.config import load_config
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_training_stays_in_sync(tmp_path):
     data = make_folder_dataset(tmp_path / "data", n=6)
     out = tmp_path / "run"
@@ -37,7 +31,7 @@ def test_two_process_training_stays_in_sync(tmp_path):
     )
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+        "--master_addr=127.0.0.1", f"--master_port={free_port()}",
         "-m", "steadysam", "train", str(CONFIGS / "demo_tiny.yaml"), *ov,
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
