@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from .key_layouts import CheckpointError, detect_format, file_key, to_model_layout
-from .models.config import RefinerConfig, SamConfig
+from .models.config import PLUGIN_SITES, PluginConfig, RefinerConfig, SamConfig
+from .models.stable_plugin import is_plugin_key, site_module_name
 
 
 def _indices(state: Mapping[str, Any], prefix: str) -> int:
@@ -71,6 +72,7 @@ def infer_config(state_dict: Mapping[str, Any], format: str | None = None) -> Sa
             mlp_ratio=shape("refiner.blocks.0.img2cls.mlp.0.weight")[0] / prompt_dim,
             window_size=max(1, min(16, grid // 2)),
         )
+    plugin = _infer_plugin(state, shape)
     focsam = fmt == "focsam" or (fmt != "sam" and refiner is not None)
     return SamConfig(
         encoder_embed_dim=embed_dim,
@@ -91,4 +93,26 @@ def infer_config(state_dict: Mapping[str, Any], format: str | None = None) -> Sa
         iou_head_hidden_dim=shape(dec + "iou_prediction_head.layers.0.weight")[0],
         preprocess="focsam" if focsam else "sam",
         refiner=refiner,
+        plugin=plugin,
+    )
+
+
+def _infer_plugin(state: Mapping[str, Any], shape) -> PluginConfig | None:
+    """Stable-SAM plugin sites, router width and depthwise kernel from shapes; the settings
+    invisible in shapes (PE mode, routing token, sampled map, offset bound) keep PluginConfig's
+    defaults. steadysam files store the whole PluginConfig, so this is for bare state dicts."""
+    if not any(is_plugin_key(k) for k in state):
+        return None
+    prefix = "mask_decoder.transformer."
+    sites = tuple(
+        s for s in PLUGIN_SITES if any(k.startswith(prefix + site_module_name(s)) for k in state)
+    )
+    if not sites:
+        bad = [k for k in state if is_plugin_key(k)]
+        raise CheckpointError(f"plugin keys at no known plugin site: {bad[:5]}", [], bad)
+    first = prefix + site_module_name(sites[0])
+    return PluginConfig(
+        sites=sites,
+        drp_hidden=shape(first + ".drp.fc1.weight")[0],
+        kernel_size=shape(first + ".dsp.dw.weight")[-1],
     )

@@ -13,6 +13,11 @@ Three formats are read, detected automatically (:func:`detect_format`):
 ``steadysam``  our own safetensors files with the :class:`SamConfig` as JSON in the metadata
                (:func:`save_checkpoint`); also any state dict in our layout with ``refiner.``.
 
+Stable-SAM plugins are also written alone (:func:`save_plugin_checkpoint`): the plugin's tensors
+under their model keys and its :class:`PluginConfig` in the metadata. Such a file goes on top of
+any SAM / FocSAM checkpoint whose decoder it fits (:func:`load_plugin_checkpoint`,
+``build_model(..., plugin=FILE)``); a merged model is an ordinary steadysam file.
+
 Loading is strict: a missing key, an unexpected key or a shape mismatch raises
 :class:`CheckpointError` listing them. Format detection and the only key renames
 (:data:`FOCSAM_KEY_MAP`) live in :mod:`steadysam.key_layouts`; files without a stored config get
@@ -21,10 +26,10 @@ theirs from tensor shapes (:mod:`steadysam.arch_inference`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -34,6 +39,7 @@ import torch
 
 # Names imported "as" themselves are re-exported: callers have always imported them from here.
 from .arch_inference import infer_config as infer_config
+from .atomic import atomic_path
 from .key_layouts import CONFIG_METADATA_KEY as CONFIG_METADATA_KEY
 from .key_layouts import FOCSAM_KEY_MAP as FOCSAM_KEY_MAP
 from .key_layouts import PARTS as PARTS
@@ -45,15 +51,17 @@ from .key_layouts import from_focsam_key as from_focsam_key
 from .key_layouts import to_focsam_key as to_focsam_key
 from .key_layouts import to_model_layout as to_model_layout
 from .key_layouts import unwrap_state_dict as unwrap_state_dict
-from .models.build import MODEL_CONFIGS, build_sam, sam_config
-from .models.config import SamConfig
+from .models.build import MODEL_CONFIGS, attach_plugin, build_sam, sam_config
+from .models.config import PluginConfig, SamConfig
+from .models.sam import Sam
+from .models.stable_plugin import is_plugin_key
 
 # Fields an architecture can be told apart by from tensor shapes alone (see infer_config).
 SHAPE_FIELDS = tuple(
     """encoder_embed_dim encoder_depth encoder_num_heads encoder_global_attn_indexes
     encoder_window_size encoder_mlp_ratio image_size patch_size prompt_embed_dim mask_in_chans
     decoder_depth decoder_mlp_dim num_multimask_outputs iou_head_depth iou_head_hidden_dim
-    refiner.depth refiner.mlp_ratio""".split()
+    refiner.depth refiner.mlp_ratio plugin.sites plugin.drp_hidden plugin.kernel_size""".split()
 )
 # Architecture fields invisible in shapes; compared only against our own files' JSON config.
 HIDDEN_FIELDS = (
@@ -61,20 +69,30 @@ HIDDEN_FIELDS = (
     "decoder_num_heads",
     "refiner.num_heads",
     "refiner.window_size",
+    "plugin.pe_mode",
+    "plugin.drp_token",
+    "plugin.sample_source",
+    "plugin.offset_range",
 )
+# Metadata key of plugin-only files: {"plugin": PluginConfig, "decoder": what it must sit on}.
+PLUGIN_METADATA_KEY = "steadysam.plugin"
 
 
 # -- architecture comparison ---------------------------------------------------------------
 def _field(config: SamConfig, name: str) -> Any:
-    if name.startswith("refiner."):
-        return None if config.refiner is None else getattr(config.refiner, name[8:])
+    part, _, sub = name.partition(".")
+    if sub:
+        inner = getattr(config, part)
+        return None if inner is None else getattr(inner, sub)
     return getattr(config, name)
 
 
 def config_differences(a: SamConfig, b: SamConfig, names: Iterable[str]) -> list[tuple]:
-    """(field, value in a, value in b) for each differing field; refiner presence first."""
-    if (a.refiner is None) != (b.refiner is None):
-        return [("refiner", a.refiner is not None, b.refiner is not None)]
+    """(field, value in a, value in b) for each differing field; refiner / plugin presence
+    first."""
+    for part in ("refiner", "plugin"):
+        if (getattr(a, part) is None) != (getattr(b, part) is None):
+            return [(part, getattr(a, part) is not None, getattr(b, part) is not None)]
     return [(n, _field(a, n), _field(b, n)) for n in names if _field(a, n) != _field(b, n)]
 
 
@@ -104,12 +122,23 @@ def describe(config: SamConfig) -> str:
     if c.refiner is not None:
         r = c.refiner
         ref = f"depth {r.depth}, {r.num_heads} heads, window {r.window_size}"
+    plugin = f"; Stable-SAM plugin: {describe_plugin(c.plugin)}" if c.plugin is not None else ""
     return (
         f"ViT width {c.encoder_embed_dim}, depth {c.encoder_depth}, {c.encoder_num_heads} heads, "
         f"window {c.encoder_window_size}, global blocks {list(c.encoder_global_attn_indexes)}, "
         f"{c.image_size}px input (patch {c.patch_size}); prompt width {c.prompt_embed_dim}; "
         f"decoder depth {c.decoder_depth}, MLP {c.decoder_mlp_dim}, "
-        f"{c.num_multimask_outputs} multimask outputs; refiner: {ref}"
+        f"{c.num_multimask_outputs} multimask outputs; refiner: {ref}{plugin}"
+    )
+
+
+def describe_plugin(p: PluginConfig) -> str:
+    """One-line summary of a Stable-SAM plugin config."""
+    bound = "unbounded" if p.offset_range is None else f"tanh x {p.offset_range:g} cells"
+    return (
+        f"sites {list(p.sites)}, PE {p.pe_mode}, router on {p.drp_token} (width "
+        f"{p.drp_hidden}, {p.routing}), {p.kernel_size}x{p.kernel_size} depthwise, samples "
+        f"{p.sample_source} features, offsets {bound}"
     )
 
 
@@ -126,13 +155,19 @@ def expected_shapes(config: SamConfig) -> dict[str, tuple[int, ...]]:
 
 
 def parameter_counts(config: SamConfig) -> dict[str, int]:
-    """Learnable parameters per part (image_encoder, prompt_encoder, mask_decoder, refiner)."""
+    """Learnable parameters per part (image_encoder, prompt_encoder, mask_decoder, refiner and
+    the Stable-SAM plugin, counted apart from the decoder it sits in)."""
     model = _meta_model(config)
-    return {
+    counts = {
         part: sum(p.numel() for p in getattr(model, part).parameters())
         for part in PARTS
         if getattr(model, part, None) is not None
     }
+    plugin = sum(p.numel() for p in model.plugin_parameters())
+    if plugin:
+        counts["mask_decoder"] -= plugin
+        counts["plugin"] = plugin
+    return counts
 
 
 def check_state_dict(
@@ -259,6 +294,11 @@ def load_checkpoint(
     """(state dict in our key layout, its architecture, format) of a checkpoint file, checked
     strictly against the architecture. ``trusted`` allows full unpickling of ``.pth`` files."""
     raw, metadata = read_checkpoint(path, trusted)
+    if metadata and PLUGIN_METADATA_KEY in metadata:
+        raise CheckpointError(
+            f"{str(path)!r} is a Stable-SAM plugin file (plugin weights only): load it on top of "
+            "SAM / FocSAM weights with plugin=PATH (CLI: --plugin PATH)"
+        )
     fmt = detect_format(raw, metadata)
     state, origin = to_model_layout(raw, fmt)
     if metadata and CONFIG_METADATA_KEY in metadata:
@@ -275,29 +315,121 @@ def load_checkpoint(
 def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> Path:
     """Write ``model``'s weights and config as safetensors (the ``steadysam`` format), atomically:
     a temporary file in the same folder, then ``os.replace``, so readers never see half a file."""
+    config: SamConfig = model.config
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return _write_safetensors(path, state, {CONFIG_METADATA_KEY: json.dumps(config.to_dict())})
+
+
+def _write_safetensors(
+    path: str | os.PathLike, state: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    config: SamConfig = model.config
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    metadata = {
-        "format": "pt",
-        CONFIG_METADATA_KEY: json.dumps(config.to_dict()),
-    }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(state, tmp, metadata={"format": "pt", **metadata})
     return path
 
 
+# -- Stable-SAM plugin files -----------------------------------------------------------------
+def _plugin_fit(config: SamConfig) -> dict[str, int]:
+    """What a plugin file needs of the model it goes on: decoder width, depth, mask tokens."""
+    return {
+        "prompt_embed_dim": config.prompt_embed_dim,
+        "decoder_depth": config.decoder_depth,
+        "num_multimask_outputs": config.num_multimask_outputs,
+    }
+
+
+def save_plugin_checkpoint(model: Sam, path: str | os.PathLike) -> Path:
+    """Write only ``model``'s Stable-SAM plugin (tensors under their model keys, the
+    :class:`PluginConfig` and the decoder it fits in the metadata) as safetensors, atomically."""
+    config: SamConfig = model.config
+    if config.plugin is None:
+        raise ValueError("the model has no Stable-SAM plugin to save")
+    state = {
+        k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if is_plugin_key(k)
+    }
+    meta = {"plugin": dataclasses.asdict(config.plugin), "decoder": _plugin_fit(config)}
+    return _write_safetensors(path, state, {PLUGIN_METADATA_KEY: json.dumps(meta)})
+
+
+def read_plugin_checkpoint(
+    path: str | os.PathLike,
+) -> tuple[dict[str, torch.Tensor], PluginConfig, dict[str, int]]:
+    """(plugin tensors, their PluginConfig, the decoder they fit) of a plugin-only file."""
+    raw, metadata = read_checkpoint(path)
+    if not metadata or PLUGIN_METADATA_KEY not in metadata:
+        what = "a full model checkpoint" if metadata or isinstance(raw, dict) else "not one"
+        raise CheckpointError(
+            f"{str(path)!r} is not a Stable-SAM plugin file ({what}; plugin files are written by "
+            "save_plugin_checkpoint / RTS training as plugin.safetensors)"
+        )
+    try:
+        meta = json.loads(metadata[PLUGIN_METADATA_KEY])
+        plugin = PluginConfig.from_dict(meta["plugin"])
+        fit = {k: int(v) for k, v in meta["decoder"].items()}
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{str(path)!r}: invalid plugin metadata: {e}") from e
+    return unwrap_state_dict(raw), plugin, fit
+
+
+def with_plugin(
+    config: SamConfig, state: dict[str, torch.Tensor], path: str | os.PathLike
+) -> tuple[SamConfig, dict[str, torch.Tensor]]:
+    """A base model's (config, state) extended by the plugin file at ``path``, checked strictly:
+    the base must have no plugin, its decoder must be the one the plugin was trained on, and the
+    file must hold exactly the plugin's tensors."""
+    pstate, plugin, fit = read_plugin_checkpoint(path)
+    if config.plugin is not None:
+        raise CheckpointError(
+            f"cannot add plugin {str(path)!r}: the model already has a Stable-SAM plugin"
+        )
+    have = _plugin_fit(config)
+    diff = [f"{k}: plugin {v}, model {have.get(k)}" for k, v in fit.items() if have.get(k) != v]
+    if diff:
+        raise CheckpointError(
+            f"plugin {str(path)!r} was made for another mask decoder: " + "; ".join(diff)
+        )
+    foreign = [k for k in pstate if not is_plugin_key(k)]
+    if foreign:
+        raise CheckpointError(
+            f"plugin {str(path)!r} holds tensors that are not the plugin's: {abbrev(foreign)}",
+            [],
+            foreign,
+        )
+    merged = dataclasses.replace(config, plugin=plugin)
+    full = {**state, **pstate}
+    check_state_dict(full, merged, source=f"plugin {str(path)!r} on its model")
+    return merged, full
+
+
+def load_plugin_checkpoint(model: Sam, path: str | os.PathLike) -> Sam:
+    """Attach the plugin in ``path`` to ``model`` (SAM or FocSAM without a plugin) in place,
+    strictly (see :func:`with_plugin`)."""
+    config, merged = with_plugin(model.config, model.state_dict(), path)
+    attach_plugin(model, config.plugin)
+    plugin_state = {k: merged[k] for k in merged if is_plugin_key(k)}
+    model.load_state_dict(plugin_state, strict=False)
+    return model
+
+
 def describe_checkpoint(path: str | os.PathLike, trusted: bool = False) -> dict[str, Any]:
-    """Everything ``steadysam info`` shows about a checkpoint, as plain data."""
+    """Everything ``steadysam info`` shows about a checkpoint (or a plugin file), as plain
+    data."""
+    _, metadata = read_checkpoint(path, trusted)
+    if metadata and PLUGIN_METADATA_KEY in metadata:
+        pstate, plugin, fit = read_plugin_checkpoint(path)
+        return {
+            "path": str(path),
+            "format": "plugin",
+            "summary": describe_plugin(plugin),
+            "plugin": dataclasses.asdict(plugin),
+            "decoder": fit,
+            "tensors": len(pstate),
+            "total_parameters": sum(v.numel() for v in pstate.values()),
+            "dtypes": sorted({str(v.dtype).replace("torch.", "") for v in pstate.values()}),
+        }
     state, config, fmt = load_checkpoint(path, trusted)
     counts = parameter_counts(config)
     return {

@@ -68,6 +68,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (default: the built-in demo model)")
     g.add_argument("--model", help="registered model name, e.g. sam_vit_b, focsam_vit_h")
     g.add_argument("--checkpoint", help="weights: official SAM/FocSAM .pth or .safetensors")
+    g.add_argument(
+        "--plugin",
+        metavar="FILE",
+        help="Stable-SAM plugin file (.safetensors, from RTS training) on top of the model",
+    )
     g.add_argument("--pretrained", action="store_true", help="download --model's weights")
     g.add_argument(
         "--trust-checkpoint",
@@ -84,7 +89,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if not args.click and args.box is None:
         raise ValueError("give at least one --click X,Y[,+|-] or a --box X0,Y0,X1,Y1")
     rgb = load_image(args.image)  # before the model: a bad image fails fast
-    model = build_model(args.model, args.checkpoint, args.pretrained, trusted=args.trust_checkpoint)
+    model = build_model(
+        args.model,
+        args.checkpoint,
+        args.pretrained,
+        trusted=args.trust_checkpoint,
+        plugin=args.plugin,
+    )
     if args.device:
         model = model.to(args.device)
     predictor = Predictor(model)
@@ -122,11 +133,21 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return EXIT_OK
+    if info["format"] == "plugin":
+        print(f"checkpoint:    {info['path']}")
+        print("format:        Stable-SAM plugin only (load with --plugin on SAM / FocSAM weights)")
+        print(f"plugin:        {info['summary']}")
+        print(f"fits decoder:  {info['decoder']}")
+        print(f"tensors:       {info['tensors']} ({', '.join(info['dtypes'])})")
+        print(f"parameters:    {info['total_parameters']:,}")
+        return EXIT_OK
     print(f"checkpoint:    {info['path']}")
     print(f"format:        {info['format']}")
     print(f"architecture:  {info['summary']}")
     print(f"matches:       {', '.join(info['matches']) or '(no registered name)'}")
     print(f"refiner:       {'yes' if info['refiner'] else 'no'}")
+    plugin = info["config"]["plugin"]
+    print(f"plugin:        {'Stable-SAM, sites ' + str(plugin['sites']) if plugin else 'no'}")
     print(f"preprocessing: {info['preprocess']} (encoder LayerNorm eps {info['encoder_norm_eps']})")
     print(f"tensors:       {info['tensors']} ({', '.join(info['dtypes'])})")
     print("parameters:")

@@ -6,8 +6,14 @@ import os
 import sys
 from pathlib import Path
 
-from .checkpoints import CheckpointError, load_checkpoint, reconcile_config
-from .models.build import build_sam, sam_config
+from .checkpoints import (
+    CheckpointError,
+    load_checkpoint,
+    load_plugin_checkpoint,
+    reconcile_config,
+    with_plugin,
+)
+from .models.build import PLUGIN_BASES, build_sam, sam_config
 from .models.sam import Sam
 
 # Small models trained on this project's CPUs and shipped in the package (README, "Demo
@@ -17,6 +23,9 @@ DEMO_MODELS = {
     "demo_focsam": WEIGHTS_DIR / "demo_focsam.safetensors",
     "demo_sam": WEIGHTS_DIR / "demo_sam.safetensors",  # the same model without the refiner
 }
+# Stable-SAM demos: one plugin file, trained with RTS on demo_sam, on either demo model.
+DEMO_PLUGIN = WEIGHTS_DIR / "demo_stable_plugin.safetensors"
+DEMO_PLUGIN_MODELS = {"demo_stable_sam": "demo_sam", "demo_stable_focsam": "demo_focsam"}
 DEFAULT_MODEL = "demo_focsam"
 
 
@@ -37,6 +46,7 @@ def build_model(
     pretrained: bool = False,
     *,
     trusted: bool = False,
+    plugin: str | os.PathLike | None = None,
 ) -> Sam:
     """Build a SAM / FocSAM model.
 
@@ -52,6 +62,13 @@ def build_model(
         pretrained: download the published weights of ``name`` (``steadysam.hub``) and load them.
         trusted: allow full unpickling of a ``.pth`` that the safe loader refuses (this runs
             code from the file: only for files from a source you trust).
+        plugin: a Stable-SAM plugin-only ``.safetensors`` file (RTS training writes one) put on
+            top of the model's mask decoder; any SAM or FocSAM model whose decoder it was made
+            for takes it. Names ``stable_<base>`` (e.g. ``stable_sam_vit_l``,
+            ``stable_focsam_vit_h``) are the base architectures with the plugin; with a base
+            checkpoint they need ``plugin`` (no published Stable-SAM weights exist).
+            ``demo_stable_sam`` / ``demo_stable_focsam`` are the built-in demos with the
+            built-in plugin.
 
     Loading is strict (every key and shape must match); the model's ``config.preprocess`` tells
     the image convention its weights expect.
@@ -59,6 +76,12 @@ def build_model(
     if name is None and checkpoint is None:
         name = DEFAULT_MODEL
         print_demo_notice()
+    if name in DEMO_PLUGIN_MODELS:
+        if plugin is not None:
+            raise ValueError(f"{name} has its built-in plugin: do not pass plugin")
+        if not DEMO_PLUGIN.is_file():
+            raise FileNotFoundError(f"built-in weights missing: {DEMO_PLUGIN}")
+        name, plugin = DEMO_PLUGIN_MODELS[name], DEMO_PLUGIN
     if name in DEMO_MODELS:
         if checkpoint is not None or pretrained:
             raise ValueError(f"{name} is a built-in model: do not pass checkpoint or pretrained")
@@ -72,12 +95,31 @@ def build_model(
             raise ValueError("pretrained=True needs a model name, e.g. 'sam_vit_b'")
         from . import hub
 
-        checkpoint = hub.download(name)
+        base = PLUGIN_BASES.get(name, name)
+        if base != name and plugin is None:
+            raise ValueError(
+                f"no published weights exist for {name} (Stable-SAM's authors released none): "
+                f"use build_model({name!r}, pretrained=True, plugin=FILE) with a plugin trained "
+                "by RTS (configs/stablesam_rts.yaml)"
+            )
+        checkpoint = hub.download(base)
     if checkpoint is None:
-        return build_sam(sam_config(name))
+        model = build_sam(sam_config(name))
+        return model if plugin is None else load_plugin_checkpoint(model, plugin).eval()
     state, config, fmt = load_checkpoint(checkpoint, trusted=trusted)
     if name is not None:
-        config = reconcile_config(name, config, fmt)
+        base = PLUGIN_BASES.get(name, name)
+        if config.plugin is not None:  # a merged file: the name must name the combination
+            config = reconcile_config(name, config, fmt)
+        elif base != name and plugin is None:
+            raise CheckpointError(
+                f"{name} has a Stable-SAM plugin but {str(checkpoint)!r} holds none: pass the "
+                f"plugin file (plugin=FILE, CLI --plugin FILE), or use {base!r}"
+            )
+        else:  # the base weights against the base architecture; the plugin file comes next
+            config = reconcile_config(base, config, fmt)
+    if plugin is not None:
+        config, state = with_plugin(config, state, plugin)
     model = build_sam(config)
     try:
         model.load_state_dict(state, strict=True)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from functools import partial
 
 import torch.nn as nn
 
-from .config import RefinerConfig, SamConfig
+from .config import PluginConfig, RefinerConfig, SamConfig
 from .focus_refiner import FocusRefiner
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .sam import Sam
+from .stable_plugin import StablePlugin, site_module_name
 from .transformer import TwoWayTransformer
 
 
@@ -61,7 +63,33 @@ def build_sam(config: SamConfig) -> Sam:
             window_size=r.window_size,
             expand_ratio=r.expand_ratio,
         )
-    return Sam(image_encoder, prompt_encoder, mask_decoder, refiner, config=c).eval()
+    model = Sam(image_encoder, prompt_encoder, mask_decoder, refiner, config=c)
+    if c.plugin is not None:
+        attach_plugin(model, c.plugin)
+    return model.eval()
+
+
+def attach_plugin(model: Sam, plugin: PluginConfig) -> Sam:
+    """Add freshly initialised Stable-SAM plugins (one per site of ``plugin``) to ``model``'s
+    mask decoder, in place. Fresh plugins are the identity: the model still computes SAM."""
+    transformer = model.mask_decoder.transformer
+    depth = len(transformer.layers)
+    for site in plugin.sites:
+        if site != "final_t2i" and int(site[len("layer") : -len("_t2i")]) >= depth:
+            raise ValueError(
+                f"plugin site {site!r} needs decoder depth > {site[5:-4]}, not {depth}"
+            )
+    if model.plugins():
+        raise ValueError("the model already has a Stable-SAM plugin")
+    dim = model.mask_decoder.transformer_dim
+    tokens = 1 + model.mask_decoder.num_mask_tokens
+    device = next(model.mask_decoder.parameters()).device
+    for site in plugin.sites:
+        owner_name, _, attr = site_module_name(site).rpartition(".")
+        owner = transformer.get_submodule(owner_name) if owner_name else transformer
+        setattr(owner, attr, StablePlugin(dim, plugin, tokens).to(device))
+    model.config = dataclasses.replace(model.config, plugin=plugin)
+    return model
 
 
 def _vit(embed_dim: int, depth: int, heads: int, global_idx: tuple[int, ...]) -> dict:
@@ -108,6 +136,16 @@ MODEL_CONFIGS: dict[str, Callable[[], SamConfig]] = {
         SamConfig, **VIT_TINY, **FOCSAM, refiner=RefinerConfig(depth=2, num_heads=2, window_size=8)
     ),
 }
+# Stable-SAM: each architecture above with the plugin in its mask decoder (FocSAM + Stable-SAM:
+# the refiner on the embedding and the plugin in the decoder).
+PLUGIN_BASES: dict[str, str] = {f"stable_{name}": name for name in MODEL_CONFIGS}
+
+
+def _with_plugin(base: str) -> SamConfig:
+    return dataclasses.replace(sam_config(base), plugin=PluginConfig())
+
+
+MODEL_CONFIGS.update({name: partial(_with_plugin, base) for name, base in PLUGIN_BASES.items()})
 
 
 def sam_vit_b() -> Sam:
@@ -142,6 +180,38 @@ def focsam_tiny() -> Sam:
     return build_sam(sam_config("focsam_tiny"))
 
 
+def stable_sam_vit_b() -> Sam:
+    return build_sam(sam_config("stable_sam_vit_b"))
+
+
+def stable_sam_vit_l() -> Sam:
+    return build_sam(sam_config("stable_sam_vit_l"))
+
+
+def stable_sam_vit_h() -> Sam:
+    return build_sam(sam_config("stable_sam_vit_h"))
+
+
+def stable_focsam_vit_b() -> Sam:
+    return build_sam(sam_config("stable_focsam_vit_b"))
+
+
+def stable_focsam_vit_l() -> Sam:
+    return build_sam(sam_config("stable_focsam_vit_l"))
+
+
+def stable_focsam_vit_h() -> Sam:
+    return build_sam(sam_config("stable_focsam_vit_h"))
+
+
+def stable_sam_tiny() -> Sam:
+    return build_sam(sam_config("stable_sam_tiny"))
+
+
+def stable_focsam_tiny() -> Sam:
+    return build_sam(sam_config("stable_focsam_tiny"))
+
+
 MODEL_BUILDERS: dict[str, Callable[[], Sam]] = {
     "sam_vit_b": sam_vit_b,
     "sam_vit_l": sam_vit_l,
@@ -151,4 +221,12 @@ MODEL_BUILDERS: dict[str, Callable[[], Sam]] = {
     "focsam_vit_h": focsam_vit_h,
     "sam_tiny": sam_tiny,
     "focsam_tiny": focsam_tiny,
+    "stable_sam_vit_b": stable_sam_vit_b,
+    "stable_sam_vit_l": stable_sam_vit_l,
+    "stable_sam_vit_h": stable_sam_vit_h,
+    "stable_focsam_vit_b": stable_focsam_vit_b,
+    "stable_focsam_vit_l": stable_focsam_vit_l,
+    "stable_focsam_vit_h": stable_focsam_vit_h,
+    "stable_sam_tiny": stable_sam_tiny,
+    "stable_focsam_tiny": stable_focsam_tiny,
 }

@@ -18,12 +18,76 @@ class RefinerConfig:
     expand_ratio: float = 1.4
 
 
+PLUGIN_SITES = ("layer0_t2i", "layer1_t2i", "final_t2i")
+
+
+@dataclass
+class PluginConfig:
+    """Stable-SAM plugin (DSP + DRP) in the mask decoder; defaults follow the paper's figure and
+    the choices documented in docs/stable-sam.md.
+
+    ``sites``: token->image attentions that get a plugin: ``layer{i}_t2i`` (two-way block i) or
+    ``final_t2i``; the paper uses the second block only. ``pe_mode``: keys keep SAM's grid PE
+    (``grid``) or get the PE sampled at the deformed points (``deformed``). ``drp_token``: the
+    token the router reads after that block's self-attention: ``mask0`` (single-mask output
+    token), ``iou`` or ``mean`` of the output tokens. ``routing``: ``soft`` mixes by the
+    router's weights; ``hard`` switches to deformed sampling iff its weight > hard_threshold
+    (inference only; training is always soft). ``sample_source``: ``projected`` samples the
+    1x1-projected map (final figure), ``raw`` the features themselves (arXiv v1).
+    ``offset_range``: None = unbounded offsets (cells), R = R * tanh.
+    """
+
+    sites: tuple[str, ...] = ("layer1_t2i",)
+    pe_mode: str = "grid"
+    drp_token: str = "mask0"
+    routing: str = "soft"
+    hard_threshold: float = 0.5
+    drp_hidden: int = 32
+    kernel_size: int = 5
+    sample_source: str = "projected"
+    offset_range: float | None = None
+
+    def __post_init__(self) -> None:
+        self.sites = tuple(self.sites)
+        choices = {
+            "pe_mode": ("grid", "deformed"),
+            "drp_token": ("mask0", "iou", "mean"),
+            "routing": ("soft", "hard"),
+            "sample_source": ("projected", "raw"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"plugin.{name} must be one of {allowed}, not {getattr(self, name)!r}"
+                )
+        bad = [s for s in self.sites if s not in PLUGIN_SITES]
+        if bad or not self.sites or len(set(self.sites)) != len(self.sites):
+            raise ValueError(
+                f"plugin.sites must be distinct items of {PLUGIN_SITES}, not {self.sites}"
+            )
+        if self.drp_hidden < 1 or self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError("plugin.drp_hidden must be >= 1 and plugin.kernel_size odd")
+        if self.offset_range is not None and not self.offset_range > 0:
+            raise ValueError(f"plugin.offset_range must be > 0 or None, not {self.offset_range}")
+        if not 0.0 <= self.hard_threshold <= 1.0:
+            raise ValueError(f"plugin.hard_threshold must be in [0, 1], not {self.hard_threshold}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PluginConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown PluginConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
 @dataclass
 class SamConfig:
     """SAM architecture; ``refiner`` set makes it FocSAM.
 
     ``encoder_norm_eps`` is 1e-6 in official SAM and 1e-5 in FocSAM's ViT (spec §2.1).
     ``preprocess`` names the image convention the weights were trained with: ``sam`` or ``focsam``.
+    ``plugin`` set adds Stable-SAM's plugin to the mask decoder (with or without a refiner).
     """
 
     encoder_embed_dim: int = 768
@@ -47,6 +111,7 @@ class SamConfig:
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     preprocess: str = "sam"
     refiner: RefinerConfig | None = field(default=None)
+    plugin: PluginConfig | None = field(default=None)
 
     @property
     def embedding_size(self) -> int:
@@ -63,7 +128,12 @@ class SamConfig:
         if unknown:
             raise ValueError(f"unknown SamConfig fields: {sorted(unknown)}")
         ref = d.pop("refiner", None)
+        plugin = d.pop("plugin", None)
         for k in ("encoder_global_attn_indexes", "pixel_mean", "pixel_std"):
             if k in d:
                 d[k] = tuple(d[k])
-        return cls(**d, refiner=RefinerConfig(**ref) if ref is not None else None)
+        return cls(
+            **d,
+            refiner=RefinerConfig(**ref) if ref is not None else None,
+            plugin=PluginConfig.from_dict(plugin) if plugin is not None else None,
+        )

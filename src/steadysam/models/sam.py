@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
+
 import torch
 import torch.nn as nn
 
@@ -32,6 +35,30 @@ class Sam(nn.Module):
         self.config = config if config is not None else SamConfig()
         self.register_buffer("pixel_mean", torch.tensor(self.config.pixel_mean), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(self.config.pixel_std), persistent=False)
+
+    def plugins(self) -> list[nn.Module]:
+        """The Stable-SAM plugins in the mask decoder (empty for SAM / FocSAM)."""
+        from .stable_plugin import StablePlugin
+
+        return [m for m in self.mask_decoder.modules() if isinstance(m, StablePlugin)]
+
+    def plugin_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the Stable-SAM plugins (what RTS trains)."""
+        for plugin in self.plugins():
+            yield from plugin.parameters()
+
+    def set_routing(self, mode: str, threshold: float | None = None) -> None:
+        """Stable-SAM routing at inference: ``soft`` (mix by the router's weights) or ``hard``
+        (deformed sampling iff its weight > threshold). Updates ``config.plugin`` too."""
+        if self.config.plugin is None:
+            raise ValueError("this model has no Stable-SAM plugin")
+        changes = {"routing": mode}
+        if threshold is not None:
+            changes["hard_threshold"] = threshold
+        plugin = dataclasses.replace(self.config.plugin, **changes)  # validates
+        for m in self.plugins():
+            m.routing, m.hard_threshold = plugin.routing, plugin.hard_threshold
+        self.config = dataclasses.replace(self.config, plugin=plugin)
 
     @property
     def device(self) -> torch.device:

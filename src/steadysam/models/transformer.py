@@ -41,6 +41,9 @@ class TwoWayTransformer(nn.Module):
             embedding_dim, num_heads, downsample_rate=attention_downsample_rate
         )
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
+        # Extension point: a module that supplies the final token->image attention's keys and
+        # values (see TwoWayAttentionBlock.plugin); None = the image tokens themselves.
+        self.final_plugin: nn.Module | None = None
 
     def forward(
         self,
@@ -53,17 +56,21 @@ class TwoWayTransformer(nn.Module):
         (B x N' x C tokens, B x hw x C image). ``outputs`` picks the returned tokens (default
         all, N' = N): the final token -> image attention updates each token on its own, so
         it only runs for the tokens that are used."""
+        size = image_embedding.shape[-2:]
         image_embedding = _tokens(image_embedding)
         image_pe = _tokens(image_pe)
         queries = point_embedding
         keys = image_embedding
         for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, image_pe)
+            queries, keys = layer(queries, keys, point_embedding, image_pe, size)
+        if self.final_plugin is None:
+            k, v = keys + image_pe, keys
+        else:  # routed on all tokens, before the unused ones are dropped
+            k, v = self.final_plugin(queries, keys, image_pe, size)
         if outputs is not None:
             queries, point_embedding = queries[:, outputs], point_embedding[:, outputs]
         q = queries + point_embedding
-        k = keys + image_pe
-        queries = queries + self.final_attn_token_to_image(q=q, k=k, v=keys)
+        queries = queries + self.final_attn_token_to_image(q=q, k=k, v=v)
         queries = self.norm_final_attn(queries)
         return queries, keys
 
@@ -99,6 +106,10 @@ class TwoWayAttentionBlock(nn.Module):
             embedding_dim, num_heads, downsample_rate=attention_downsample_rate
         )
         self.skip_first_layer_pe = skip_first_layer_pe
+        # Extension point for the token->image source: a module called as
+        # plugin(queries, keys, key_pe, size) -> (attention keys, attention values), e.g.
+        # Stable-SAM's deformable sampling. None = SAM: keys + key_pe and keys.
+        self.plugin: nn.Module | None = None
 
     def forward(
         self,
@@ -106,7 +117,10 @@ class TwoWayAttentionBlock(nn.Module):
         keys: torch.Tensor,
         query_pe: torch.Tensor,
         key_pe: torch.Tensor,
+        size: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens B x N x C, image tokens B x hw x C, their PEs; ``size`` = (h, w) of the image
+        grid (needed by a plugin only) -> updated (tokens, image tokens)."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
         else:
@@ -116,7 +130,11 @@ class TwoWayAttentionBlock(nn.Module):
 
         q = queries + query_pe
         k = keys + key_pe  # keys do not change until norm4, so this serves both attentions
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=k, v=keys))
+        if self.plugin is None:
+            t2i_k, t2i_v = k, keys
+        else:  # only this attention sees the plugin's features; image->token keeps keys
+            t2i_k, t2i_v = self.plugin(queries, keys, key_pe, size)
+        queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=t2i_k, v=t2i_v))
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe

@@ -1,0 +1,108 @@
+"""Stable-SAM's deformable sampling plugin (DSP): image features resampled at learned offsets.
+
+The offset network is the DAT offset generator (Xia et al., CVPR 2022) at stride 1, drawn in
+Stable-SAM's final figure: 1x1 conv -> x*, depthwise k x k conv + LayerNorm + GELU, 1x1 conv
+to 2 channels = one (dx, dy) offset per embedding cell. x* is also the map that is sampled
+(the figure's x*_{p+Δp}; the learnable projection is what rescales feature "amplitudes").
+Design choices the paper leaves open are documented in docs/stable-sam.md.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .common import fused_linear
+
+
+class DeformableSampling(nn.Module):
+    """Offset network + bilinear resampling of B x hw x C image tokens.
+
+    Arguments:
+        dim: channel width C (the decoder's transformer width).
+        kernel_size: depthwise convolution size (5 in the paper's figure).
+        sample_source: ``projected`` samples x* = proj(x) (final figure); ``raw`` samples x
+            itself and uses the projection only inside the offset network (arXiv v1 figure).
+        offset_range: None for unbounded offsets; R bounds them to R * tanh(.) cells.
+
+    Initialisation makes it the identity: ``proj`` is the identity matrix and the last offset
+    layer is zero, so offsets are 0 and every sample lands exactly on its own cell centre.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        kernel_size: int = 5,
+        sample_source: str = "projected",
+        offset_range: float | None = None,
+    ) -> None:
+        super().__init__()
+        # 1x1 convolutions on a channels-last map are Linears on its tokens (same parameters).
+        self.proj = nn.Linear(dim, dim)
+        self.dw = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.act = nn.GELU()
+        self.offset = nn.Linear(dim, 2)
+        self.sample_source = sample_source
+        self.offset_range = offset_range
+        self._grids: dict[tuple, torch.Tensor] = {}
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.eye(dim))
+            self.proj.bias.zero_()
+            self.offset.weight.zero_()
+            self.offset.bias.zero_()
+
+    def offsets(self, x: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """B x hw x C tokens -> (x* B x hw x C, offsets B x h x w x 2 in cells, (dx, dy))."""
+        b, n, c = x.shape
+        h, w = size
+        xs = fused_linear(x, self.proj.weight, self.proj.bias)
+        # NCHW view of channels-last memory: the depthwise conv runs without a transposing copy.
+        t = self.dw(xs.view(b, h, w, c).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        t = self.act(self.norm(t))
+        off = self.offset(t)
+        if self.offset_range is not None:
+            off = torch.tanh(off) * self.offset_range
+        return xs, off
+
+    def reference_grid(self, size: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+        """h x w x 2 cell centres in grid_sample's normalised (x, y) frame (align_corners
+        False): (2j + 1) / w - 1. A zero offset then samples each cell exactly (for power-of-two
+        grids, SAM's 64 and the demo's 16, bit-exactly)."""
+        key = (size, like.device, like.dtype)
+        if key not in self._grids:
+            h, w = size
+            ys = (2 * torch.arange(h, dtype=torch.float64) + 1) / h - 1
+            xs = (2 * torch.arange(w, dtype=torch.float64) + 1) / w - 1
+            grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
+            self._grids[key] = grid.to(device=like.device, dtype=like.dtype)
+        return self._grids[key]
+
+    def sample(self, maps: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Bilinear samples of B x C x h x w ``maps`` at cell centres + ``offsets`` (B x h x w x 2,
+        cells, (dx, dy)); border padding, so far offsets read the edge instead of zeros.
+        -> B x hw x C."""
+        b, c, h, w = maps.shape
+        scale = offsets.new_tensor([2.0 / w, 2.0 / h])
+        grid = self.reference_grid((h, w), offsets) + offsets * scale
+        out = F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return out.flatten(2).transpose(1, 2)
+
+    def forward(
+        self, x: torch.Tensor, size: tuple[int, int], pe: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Image tokens x (B x hw x C) on an h x w grid -> (deformed features B x hw x C, the
+        positional encoding ``pe`` (1|B x hw x C) sampled at the same points or None, offsets
+        B x h x w x 2)."""
+        b, n, c = x.shape
+        h, w = size
+        xs, off = self.offsets(x, size)
+        src = xs if self.sample_source == "projected" else x
+        maps = [src.view(b, h, w, c)]
+        if pe is not None:  # one grid_sample for features and PE (channels stacked)
+            maps.append(pe.expand(b, -1, -1).reshape(b, h, w, c))
+        sampled = self.sample(torch.cat(maps, dim=-1).permute(0, 3, 1, 2), off)
+        if pe is None:
+            return sampled, None, off
+        return sampled[..., :c], sampled[..., c:], off
