@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from steadysam.atomic import atomic_path, atomic_write_text
@@ -24,3 +26,17 @@ def test_failed_write_keeps_the_old_file(tmp_path):
             raise RuntimeError("killed mid-write")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_atomic_files_get_the_permissions_of_a_plain_open(tmp_path):
+    """mkstemp creates 0600 files: shipped weights written that way were unreadable to others."""
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "a.bin") as tmp, open(tmp, "wb") as f:
+            f.write(b"x")
+        with open(tmp_path / "b.bin", "wb") as f:
+            f.write(b"x")
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "a.bin").stat().st_mode & 0o777
+    assert mode == (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o644

@@ -143,6 +143,25 @@ def test_offsets_are_in_cells_dx_then_dy_with_border_padding():
     torch.testing.assert_close(out, (maps + above) / 2)
 
 
+def test_fast_row_sampling_equals_grid_sample():
+    """The inference path (weighted bags of token rows) against the grid_sample reference, with
+    offsets up to 3 grids away (border padding), on channels-last and plain maps."""
+    dsp = StablePlugin(8, PluginConfig(), num_output_tokens=5).dsp
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(3, 8, 16, 12, generator=g)
+    offsets = torch.randn(3, 16, 12, 2, generator=g) * torch.tensor([[[[4.0, 20.0]]]])
+    offsets[0, :2] = 40.0
+    for m in (maps, maps.contiguous(memory_format=torch.channels_last)):
+        with torch.no_grad():
+            fast = dsp.sample(m, offsets)
+        with torch.enable_grad():
+            ref = dsp.sample(m, offsets)
+        torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    zero = torch.zeros(3, 16, 12, 2)
+    with torch.no_grad():
+        assert torch.equal(dsp.sample(maps, zero), maps.flatten(2).transpose(1, 2))
+
+
 def test_one_offset_field_per_prompt():
     _, stable = _pair("sam_tiny")
     _perturb_plugin(stable)

