@@ -1,16 +1,20 @@
-"""Interactive-segmentation evaluation: datasets, NoC/NoF/mIoU/SPC/stability, resumable runs.
+"""Interactive-segmentation evaluation: datasets, NoC/NoF/mIoU/SPC/stability, resumable runs;
+prompt-robustness evaluation (Stable-SAM protocol: GT box, noisy boxes, random points).
 
 Python API::
 
-    from steadysam.eval import evaluate
+    from steadysam.eval import evaluate, evaluate_prompts
     summary = evaluate(model="focsam_tiny", dataset="GrabCut", data_root="data", clicks=20)
+    summary = evaluate_prompts(model="sam_tiny", dataset="GrabCut", data_root="data",
+                               prompts="gt-box,noisy-box:0.4,points:1,points:3", draws=10)
 
 See docs/eval.md for the protocol details and the run-directory layout. This package never
 imports ``steadysam.train``.
 """
 
 from steadysam.eval.datasets import Dataset, DatasetError, ImageItem, ObjectGT, load_dataset
-from steadysam.eval.metrics import iou, noc, summarize
+from steadysam.eval.metrics import boundary_iou, iou, mean_pairwise_iou, noc, summarize
+from steadysam.eval.prompt_runner import PromptEvalConfig, evaluate_prompts
 from steadysam.eval.report import finalize, read_records, report
 from steadysam.eval.runner import EvalConfig, RunError, evaluate
 
@@ -20,11 +24,15 @@ __all__ = [
     "EvalConfig",
     "ImageItem",
     "ObjectGT",
+    "PromptEvalConfig",
     "RunError",
+    "boundary_iou",
     "evaluate",
+    "evaluate_prompts",
     "finalize",
     "iou",
     "load_dataset",
+    "mean_pairwise_iou",
     "noc",
     "read_records",
     "report",

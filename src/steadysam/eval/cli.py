@@ -1,7 +1,9 @@
-"""``steadysam eval`` and ``steadysam report`` subcommands (thin: parse, call the library).
+"""``steadysam eval``, ``steadysam eval-prompts`` and ``steadysam report`` subcommands (thin:
+parse, call the library).
 
 The top-level CLI calls :func:`add_parsers`; ``python -m steadysam eval ...`` works on
-its own as well (handy under ``torchrun -m``). Exit codes: 0 ok, 2 bad arguments or input.
+its own as well (handy under ``torchrun -m``). Exit codes: 0 ok, 1 runtime failure, 2 bad
+arguments or input.
 """
 
 from __future__ import annotations
@@ -23,11 +25,49 @@ examples:
 Re-running the same command resumes an interrupted run (same --out).
 """
 
+EPILOG_PROMPTS = """\
+prompt settings (--prompts, comma-separated, in order):
+  gt-box         the tight box of the GT mask (one draw)
+  noisy-box:S    DN-DETR box noise of scale S, 0 < S <= 2 (sam-hq box_noise)
+  points:K       K random positive points inside the GT mask, 1 <= K <= 100
+datasets: {names}
+  (HQ-SAM's sets: dis, thinobject, coift, hrsod in sam-hq's data/ layout, e.g.
+  --data-root data finds data/DIS5K/DIS-VD); see docs/eval.md.
+examples:
+  steadysam eval-prompts --model sam_vit_l --checkpoint sam_vit_l.pth --dataset dis \\
+      --data-root data --prompts gt-box,noisy-box:0.4,points:1,points:3
+  steadysam eval-prompts --model sam_vit_l --checkpoint sam_vit_l.pth --plugin rts.safetensors \\
+      --dataset GrabCut --draws 10 --seed 0
+  steadysam report runs/a runs/b --out report/
+Same --seed: every model sees the same prompts. Re-running the same command resumes (same --out).
+"""
 
-def _eval_parser(p: argparse.ArgumentParser) -> None:
+
+def _model_args(p: argparse.ArgumentParser) -> None:
     net = p.add_argument_group("model (default: the built-in demo model)")
     net.add_argument("--model", help="registered model name, e.g. focsam_vit_h, sam_vit_b")
     net.add_argument("--checkpoint", help="weights file (official SAM/FocSAM or steadysam)")
+    net.add_argument("--plugin", help="Stable-SAM plugin-only .safetensors put on top of the model")
+
+
+def _debug_arg(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS keeps the value of a top-level ``steadysam --debug``.
+    p.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
+
+
+def _default_model(args: argparse.Namespace) -> None:
+    """No --model and no --checkpoint: the built-in demo model, with its notice."""
+    if not args.model and not args.checkpoint:
+        from steadysam.factory import DEFAULT_MODEL, print_demo_notice
+
+        args.model = DEFAULT_MODEL
+        print_demo_notice()
+
+
+def _eval_parser(p: argparse.ArgumentParser) -> None:
+    _model_args(p)
     p.add_argument("--dataset", required=True, help="dataset name (see below)")
     p.add_argument(
         "--data-root",
@@ -77,10 +117,53 @@ def _eval_parser(p: argparse.ArgumentParser) -> None:
         help="on resume, evaluate again the samples that failed before",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _debug_arg(p)
+
+
+def _prompts_parser(p: argparse.ArgumentParser) -> None:
+    from steadysam.eval.prompt_runner import DEFAULT_PROMPTS, IGNORE_MODES
+
+    _model_args(p)
+    p.add_argument("--dataset", required=True, help="dataset name (see below)")
+    p.add_argument(
+        "--data-root",
+        help="dataset folder or a folder holding it (default: $STEADYSAM_DATA or ./data)",
+    )
+    p.add_argument(
+        "--prompts",
+        default=DEFAULT_PROMPTS,
+        help=f"comma-separated prompt settings, in order (default {DEFAULT_PROMPTS})",
+    )
+    p.add_argument(
+        "--draws",
+        type=int,
+        default=10,
+        help="prompts drawn per object for each random setting (default 10; GT box: 1)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="prompt seed, >= 0 (default 0)")
+    p.add_argument(
+        "--ignore",
+        choices=IGNORE_MODES,
+        default="exclude",
+        help="ignore-label pixels (GrabCut/Berkeley band): exclude from IoU and boundary IoU "
+        "(default) or count as background",
+    )
+    p.add_argument("--limit", type=int, help="evaluate only the first N images (smoke test)")
+    p.add_argument("--out", help="run directory (default runs/<model>-<dataset>-prompts-s<seed>)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--cache-dir", help="embedding disk cache folder (predictor)")
+    p.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="on resume, evaluate again the objects that failed before",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _debug_arg(p)
 
 
 def add_parsers(subparsers: Any) -> None:
-    """Add the ``eval`` and ``report`` subcommands to an argparse subparsers object."""
+    """Add the ``eval``, ``eval-prompts`` and ``report`` subcommands to an argparse
+    subparsers object."""
     pe = subparsers.add_parser(
         "eval",
         help="NoC / mIoU / SPC / stability evaluation of a model on a dataset",
@@ -92,29 +175,43 @@ def add_parsers(subparsers: Any) -> None:
     )
     _eval_parser(pe)
     pe.set_defaults(func=cmd_eval)
+    pp = subparsers.add_parser(
+        "eval-prompts",
+        help="prompt-robustness evaluation: GT box, noisy boxes, random points (Stable-SAM)",
+        description="Evaluates a model with box and point prompts of several quality levels "
+        "drawn from each object's GT mask (seeded: every model sees the same prompts). Single "
+        "mask output, no previous mask, no refiner. Reports per setting mIoU, mBIoU and "
+        "stability (mean pairwise IoU between the masks of repeated draws). Writes config.json, "
+        "records.jsonl (resumable), summary.json, summary.md and miou.png into the run "
+        "directory.",
+        epilog=EPILOG_PROMPTS.format(names=", ".join(sorted(LOADERS))),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _prompts_parser(pp)
+    pp.set_defaults(func=cmd_eval_prompts)
     pr = subparsers.add_parser(
         "report",
         help="put finished runs side by side (markdown table + overlaid curves)",
         description="Reads RUN/summary.json of each run; prints a markdown table in the "
-        "papers' layout and writes report.md, miou_curves.png and delta_iou_hist.png to --out.",
+        "papers' layout and writes report.md, miou_curves.png and delta_iou_hist.png to --out. "
+        "For eval-prompts runs: one row per run, mIoU / mBIoU / stability per prompt setting, "
+        "and miou_vs_prompt.png. Click and prompt runs cannot be mixed.",
     )
     pr.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or summary.json)")
     pr.add_argument("--out", default="report", help="output folder (default ./report)")
+    _debug_arg(pr)
     pr.set_defaults(func=cmd_report)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from steadysam.eval.runner import EvalConfig, RunError, evaluate
 
-    if not args.model and not args.checkpoint:
-        from steadysam.factory import DEFAULT_MODEL, print_demo_notice
-
-        args.model = DEFAULT_MODEL
-        print_demo_notice()
+    _default_model(args)
     cfg = EvalConfig(
         dataset=args.dataset,
         model=args.model,
         checkpoint=args.checkpoint,
+        plugin=args.plugin,
         data_root=args.data_root,
         clicks=args.clicks,
         clicker=args.clicker,
@@ -146,6 +243,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if summary["num_errors"]:
         print(
             f"warning: {summary['num_errors']} samples failed, listed in summary.json "
+            f"'errors': {json.dumps(summary['errors'][:3])}...",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_eval_prompts(args: argparse.Namespace) -> int:
+    """Bad options and input raise ValueErrors (RunError, DatasetError), which the top-level
+    CLI turns into a one-line message and exit code 2."""
+    from steadysam.eval.prompt_runner import PromptEvalConfig, evaluate_prompts
+
+    cfg = PromptEvalConfig(
+        dataset=args.dataset,
+        prompts=args.prompts,
+        model=args.model,
+        checkpoint=args.checkpoint,
+        plugin=args.plugin,
+        data_root=args.data_root,
+        draws=args.draws,
+        seed=args.seed,
+        ignore=args.ignore,
+        limit=args.limit,
+        out=args.out,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+        retry_errors=args.retry_errors,
+    )
+    cfg.validate()  # before the demo notice and the model: bad options fail fast
+    _default_model(args)
+    cfg.model = args.model
+    summary = evaluate_prompts(cfg)
+    print(f"{summary['label']} on {summary['dataset']}: {summary['num_samples']} objects")
+    for key in summary["setting_order"]:
+        m = summary["settings"][key]
+        cells = [
+            f"{name} {'–' if m[k] is None else f'{100 * m[k]:.2f}'}"
+            for name, k in (("mIoU", "miou"), ("mBIoU", "mbiou"), ("ST", "stability"))
+        ]
+        print(f"  {key:<16} " + "  ".join(cells))
+    print(f"run dir {cfg.run_dir()}")
+    if summary["num_errors"]:
+        print(
+            f"warning: {summary['num_errors']} objects failed, listed in summary.json "
             f"'errors': {json.dumps(summary['errors'][:3])}...",
             file=sys.stderr,
         )

@@ -185,6 +185,14 @@ def decode_folder(path: Path, sid: str) -> list[ObjectGT]:
     return [ObjectGT(sid, arr > 127)]
 
 
+def decode_gt128(path: Path, sid: str) -> list[ObjectGT]:
+    """HQ-SAM evaluation sets (sam-hq ``train.py``): channel 0 of the GT, object = value > 128,
+    no ignore (their masks are grey with soft edges, so the threshold matters)."""
+    arr, _ = read_mask(path)
+    m = arr if arr.ndim == 2 else arr[..., 0]
+    return [ObjectGT(sid, m > 128)]
+
+
 def _decode_sbd(path: Path, sid: str) -> list[ObjectGT]:
     """SBD ``inst/<id>.mat``: ``GTinst.Segmentation`` instance map, one sample per id > 0."""
     from scipy.io import loadmat  # presence checked by sbd()
@@ -299,6 +307,27 @@ def folder(root: Path) -> list[ImageItem]:
     return paired_folders(*_need(d, root, "images/+masks/"), decode_folder, multi=True)
 
 
+# Folder pairs of the HQ-SAM evaluation sets, as sam-hq's train.py names them (HR-SOD's
+# masks_max255 before a plain masks/).
+HQ_PAIRS = [
+    ("im", "gt"),
+    ("images_test", "masks_test"),
+    ("images", "masks_max255"),
+    ("images", "masks"),
+]
+
+
+def hqseg(root: Path) -> list[ImageItem]:
+    """HQ-SAM's evaluation sets (HQSeg-44K release, one object per image, object = GT > 128):
+    DIS5K ``DIS-VD/im/`` + ``gt/``; ThinObject-5K ``images_test/`` + ``masks_test/``; HR-SOD
+    ``images/`` + ``masks_max255/``; COIFT ``images/`` + ``masks/``. Download: the HQ-SAM
+    repository's data instructions (github.com/SysCV/sam-hq, ``data/`` layout)."""
+    d = _first_pair(root, HQ_PAIRS)
+    return paired_folders(
+        *_need(d, root, " or ".join(f"{a}/+{b}/" for a, b in HQ_PAIRS)), decode_gt128
+    )
+
+
 def _split_ids(path: Path) -> list[str]:
     return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
 
@@ -392,6 +421,15 @@ REGISTRY: dict[str, tuple[Callable[[Path], list[ImageItem]], tuple[str, ...], tu
     "mvtec": (mvtec, ("mvtec", "MVTec", "mvtec_anomaly_detection"), ("mvtec_ad",)),
     "cod10k": (cod10k, ("COD10K", "COD10K-v3", "TestDataset/COD10K"), ("cod10k-v3",)),
     "folder": (folder, (), ("generic",)),
+    # HQ-SAM's four evaluation sets (Stable-SAM's benchmark), under sam-hq's data/ layout.
+    "dis": (hqseg, ("DIS5K/DIS-VD", "DIS-VD"), ("dis5k", "dis5k-vd", "dis-vd")),
+    "thinobject": (
+        hqseg,
+        ("thin_object_detection/ThinObject5K", "ThinObject5K"),
+        ("thinobject5k", "thinobject5k-te", "thin"),
+    ),
+    "coift": (hqseg, ("thin_object_detection/COIFT", "COIFT"), ()),
+    "hrsod": (hqseg, ("thin_object_detection/HRSOD", "HRSOD"), ("hr-sod",)),
 }
 LOADERS = {k: v[0] for k, v in REGISTRY.items()}
 ALIASES = {a: k for k, v in REGISTRY.items() for a in v[2]}

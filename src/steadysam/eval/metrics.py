@@ -1,4 +1,5 @@
-"""Interactive-segmentation metrics: IoU, NoC, NoF, mIoU@k, ΔIoU stability, seconds per click.
+"""Segmentation metrics: IoU, boundary IoU, NoC, NoF, mIoU@k, ΔIoU stability, pairwise-IoU
+stability of repeated prompts, seconds per click.
 
 Conventions (docs/eval.md has the long form):
 
@@ -7,6 +8,12 @@ Conventions (docs/eval.md has the long form):
 * ``nof`` - objects whose IoU **never** reaches t within the budget (the issue's NoF).
 * ``nof_ritm`` - RITM's printed ``>=20@t`` count: objects with NoC == budget, so an object that
   first reaches t exactly on the last click is counted as a failure too.
+* Boundary IoU (Cheng et al. 2021, as HQ-SAM computes mBIoU): the boundary of a mask is the mask
+  minus its erosion by a 3 x 3 kernel applied ``d = max(1, round(0.02 * image diagonal))`` times
+  after 1-px zero padding (so the image border counts as boundary); BIoU is the IoU of the two
+  boundaries.
+* Prompt stability (``mean_pairwise_iou``, Stable-SAM protocol): mean IoU over all pairs of the
+  masks predicted from K prompts of one quality level for one object.
 * Stability (FocSAM Figure 4): ΔIoU_t = IoU_t - IoU_{t-1} from the second click on; a *drop* is
   ΔIoU < -1 % (-0.01 in IoU units).
 """
@@ -16,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 
 THRESHOLDS = (0.85, 0.90, 0.95)
@@ -41,6 +49,86 @@ def iou(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None) -> f
     inter = np.count_nonzero(pred & gt)
     union = np.count_nonzero(pred) + np.count_nonzero(gt) - inter
     return float(inter / union) if union else 0.0
+
+
+BOUNDARY_DILATION_RATIO = 0.02
+_KERNEL3 = np.ones((3, 3), np.uint8)
+
+
+def boundary_dilation(size: tuple[int, int], ratio: float = BOUNDARY_DILATION_RATIO) -> int:
+    """Boundary width ``d`` in pixels for an image of size (H, W): max(1, round(ratio * diag))."""
+    h, w = size
+    return max(1, int(round(ratio * float(np.hypot(h, w)))))
+
+
+def mask_boundary(mask: np.ndarray, dilation: int) -> np.ndarray:
+    """Inner boundary of width ``dilation`` of an H x W mask (Cheng et al.'s ``mask_to_boundary``).
+
+    The mask minus its erosion by a 3 x 3 kernel applied ``dilation`` times after a 1-px zero
+    padding. Computed on the mask's bounding box plus that 1-px ring (all zeros, so the result
+    is the same as on the full image, at a fraction of the cost for small objects).
+
+    Returns:
+        H x W bool.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    out = np.zeros(mask.shape, bool)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return out
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    crop = mask[y0:y1, x0:x1].astype(np.uint8)
+    padded = cv2.copyMakeBorder(crop, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    # OpenCV turns iterations of a full rectangular kernel into one larger kernel itself.
+    eroded = cv2.erode(padded, _KERNEL3, iterations=int(dilation))[1:-1, 1:-1]
+    out[y0:y1, x0:x1] = (crop > 0) & (eroded == 0)
+    return out
+
+
+def boundary_iou(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    ignore: np.ndarray | None = None,
+    dilation_ratio: float = BOUNDARY_DILATION_RATIO,
+) -> float:
+    """Boundary IoU of H x W ``pred`` vs ``gt`` (Cheng et al. 2021; HQ-SAM's mBIoU per image).
+
+    With ``ignore``, both masks first lose the ignore pixels, as in :func:`iou`: a prediction
+    whose edge lies anywhere inside the GrabCut/Berkeley ignore band (which surrounds the
+    object) then has the same boundary as the GT there. 0.0 when both boundaries are empty.
+    """
+    d = boundary_dilation(gt.shape[:2], dilation_ratio)
+    if ignore is not None:
+        pred, gt = pred & ~ignore, gt & ~ignore
+    return iou(mask_boundary(pred, d), mask_boundary(gt, d))
+
+
+def mean_pairwise_iou(masks: Sequence[np.ndarray]) -> float | None:
+    """Mean IoU over the K(K-1)/2 pairs of K H x W masks (stablesam-spec §6.4).
+
+    Two empty masks agree perfectly and count as IoU 1.0 here (unlike :func:`iou` against a
+    GT). Returns None for fewer than two masks.
+    """
+    if len(masks) < 2:
+        return None
+    stack = np.stack([np.asarray(m, dtype=bool) for m in masks])
+    union_all = stack.any(axis=0)
+    rows, cols = np.flatnonzero(union_all.any(axis=1)), np.flatnonzero(union_all.any(axis=0))
+    if rows.size == 0:
+        return 1.0
+    # All pairwise intersections at once as K x K matrix products over the union's box, in
+    # chunks of 2**20 pixels: float32 counts stay exact (< 2**24), memory stays small.
+    flat = stack[:, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].reshape(len(masks), -1)
+    inter = np.zeros((len(masks), len(masks)), np.float64)
+    for start in range(0, flat.shape[1], 1 << 20):
+        chunk = flat[:, start : start + (1 << 20)].astype(np.float32)
+        inter += chunk @ chunk.T
+    area = np.diag(inter)
+    union = area[:, None] + area[None, :] - inter
+    pairs = np.triu_indices(len(masks), k=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vals = np.where(union[pairs] > 0, inter[pairs] / union[pairs], 1.0)
+    return float(vals.mean())
 
 
 def noc(ious: Sequence[float], t: float, budget: int | None = None) -> int:

@@ -26,6 +26,10 @@ DATASET_ORDER = (
     "cod10k",
     "coco_mval",
     "pascal_voc",
+    "dis",
+    "thinobject",
+    "coift",
+    "hrsod",
     "folder",
 )
 DATASET_TITLES = {
@@ -37,6 +41,10 @@ DATASET_TITLES = {
     "cod10k": "COD10K",
     "coco_mval": "COCO-MVal",
     "pascal_voc": "PascalVOC",
+    "dis": "DIS-VD",
+    "thinobject": "ThinObject5K-TE",
+    "coift": "COIFT",
+    "hrsod": "HRSOD",
     "folder": "folder",
 }
 
@@ -82,7 +90,9 @@ def finalize(run_dir: Path, meta: dict[str, Any], clicks: int) -> dict[str, Any]
 
 def run_label(cfg: dict[str, Any]) -> str:
     """Method name for tables: model (or checkpoint file name) + protocol/clicker."""
-    net = cfg.get("model") or Path(str(cfg.get("checkpoint") or "?")).stem
+    from steadysam.eval.runner import net_name
+
+    net = net_name(cfg.get("model"), cfg.get("checkpoint") or "?", cfg.get("plugin"))
     return f"{net} [{cfg.get('protocol')}/{cfg.get('clicker')}]"
 
 
@@ -255,8 +265,22 @@ def load_summary(run: str | Path) -> dict[str, Any]:
 
 def report(runs: Sequence[str | Path], out: str | Path | None = None) -> str:
     """Side-by-side markdown of several runs; with ``out`` also writes report.md and
-    miou_curves.png / delta_iou_hist.png there. Returns the markdown."""
+    miou_curves.png / delta_iou_hist.png there. Returns the markdown.
+
+    Prompt-robustness runs (``steadysam eval-prompts``) get their own layout
+    (:func:`steadysam.eval.prompt_report.prompt_report`); click and prompt runs do not mix."""
+    from steadysam.eval.prompt_report import is_prompt_summary, prompt_report
+
     summaries = [load_summary(r) for r in runs]
+    kinds = [is_prompt_summary(s) for s in summaries]
+    if any(kinds) and not all(kinds):
+        prompt_runs = [str(r) for r, k in zip(runs, kinds, strict=True) if k]
+        raise ValueError(
+            "cannot mix click runs (steadysam eval) and prompt runs (steadysam eval-prompts) "
+            f"in one report; prompt runs: {', '.join(prompt_runs)}"
+        )
+    if all(kinds):
+        return prompt_report(summaries, out)
     md = "# Runs side by side\n\n" + paper_table(summaries) + "\n" + run_table(summaries)
     if out is not None:
         o = Path(out)

@@ -48,7 +48,7 @@ CLICKERS = ("ritm", "focsam")
 IGNORE_MODES = ("auto", "exclude", "background")
 # Changing any of these makes old results incomparable, so resume refuses.
 SEMANTIC_KEYS = tuple(
-    "dataset model checkpoint clicks clicker protocol seed inner_k refine_at ignore".split()
+    "dataset model checkpoint plugin clicks clicker protocol seed inner_k refine_at ignore".split()
 )
 
 
@@ -58,11 +58,13 @@ class RunError(ValueError):
 
 @dataclass
 class EvalConfig:
-    """Everything that defines a run. ``model`` and/or ``checkpoint`` pick the network."""
+    """Everything that defines a run. ``model`` and/or ``checkpoint`` pick the network;
+    ``plugin`` is an optional Stable-SAM plugin file put on top of it."""
 
     dataset: str
     model: str | None = None
     checkpoint: str | None = None
+    plugin: str | None = None
     data_root: str | None = None
     clicks: int = 20
     clicker: str = "ritm"
@@ -99,8 +101,15 @@ class EvalConfig:
     def run_dir(self) -> Path:
         if self.out:
             return Path(self.out)
-        net = self.model or Path(self.checkpoint or "model").stem
+        net = net_name(self.model, self.checkpoint, self.plugin)
         return Path("runs") / f"{net}-{self.dataset}-{self.protocol}-{self.clicker}-{self.clicks}c"
+
+
+def net_name(model: str | None, checkpoint: str | None, plugin: str | None = None) -> str:
+    """Short network name for run folders and tables: the model name (else the checkpoint's
+    file stem), plus ``+<plugin stem>`` with a Stable-SAM plugin."""
+    net = model or Path(checkpoint or "model").stem
+    return f"{net}+{Path(plugin).stem}" if plugin else net
 
 
 def versions() -> dict[str, str]:
@@ -193,15 +202,19 @@ class _Dist:
 # ---------------------------------------------------------------------------------- the run
 
 
-def build_predictor(cfg: EvalConfig) -> Any:
-    """Build ``steadysam.predictor.Predictor`` for ``cfg.model`` / ``cfg.checkpoint``."""
+def build_predictor(cfg: Any) -> Any:
+    """Build ``steadysam.predictor.Predictor`` for a config's ``model`` / ``checkpoint`` /
+    ``plugin`` (``EvalConfig`` or ``PromptEvalConfig``), on ``device`` with ``cache_dir``."""
     import steadysam
     from steadysam.predictor import Predictor
 
+    kwargs: dict[str, Any] = {"checkpoint": cfg.checkpoint}
+    if getattr(cfg, "plugin", None) is not None:
+        kwargs["plugin"] = cfg.plugin  # only when given: build_model gained it late
     if cfg.model:
-        model = steadysam.build_model(cfg.model, checkpoint=cfg.checkpoint)
+        model = steadysam.build_model(cfg.model, **kwargs)
     else:
-        model = steadysam.build_model(checkpoint=cfg.checkpoint)
+        model = steadysam.build_model(**kwargs)
     device = cfg.device
     if device is None or device == "cuda":
         import torch
@@ -214,19 +227,21 @@ def build_predictor(cfg: EvalConfig) -> Any:
     return Predictor(model, cache_dir=cfg.cache_dir)
 
 
-def _prepare_run_dir(cfg: EvalConfig, run_dir: Path, world: int) -> None:
-    """Rank 0: create the directory or check that it holds the same configuration."""
+def prepare_run_dir(
+    run_dir: Path, now: dict[str, Any], semantic_keys: tuple[str, ...], world: int = 1
+) -> None:
+    """Create ``run_dir/config.json`` for the configuration ``now``, or check that the one
+    there agrees with it on ``semantic_keys`` (RunError naming the differences) and append this
+    invocation to it."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "parts").mkdir(exist_ok=True)
-    now = {k: v for k, v in dataclasses.asdict(cfg).items()}
     invocation = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": sys.argv, "world": world}
     path = run_dir / "config.json"
     if path.exists():
         old = json.loads(path.read_text())
         diff = {
-            k: (old["config"].get(k), now[k])
-            for k in SEMANTIC_KEYS
-            if old["config"].get(k) != now[k]
+            k: (old["config"].get(k), now.get(k))
+            for k in semantic_keys
+            if old["config"].get(k) != now.get(k)
         }
         if diff:
             raise RunError(
@@ -239,6 +254,12 @@ def _prepare_run_dir(cfg: EvalConfig, run_dir: Path, world: int) -> None:
     else:
         doc = {"config": now, "versions": versions(), "invocations": [invocation]}
         atomic_write_text(path, json.dumps(doc, indent=2))
+
+
+def _prepare_run_dir(cfg: EvalConfig, run_dir: Path, world: int) -> None:
+    """Rank 0: create the directory or check that it holds the same configuration."""
+    prepare_run_dir(run_dir, dataclasses.asdict(cfg), SEMANTIC_KEYS, world)
+    (run_dir / "parts").mkdir(exist_ok=True)
     if cfg.retry_errors:
         for part in (run_dir / "parts").glob("rank-*.jsonl"):
             keep = [r for r in read_jsonl(part) if "error" not in r]
@@ -301,9 +322,18 @@ def _eval_object(cfg: EvalConfig, predictor: Any, ob: ObjectGT) -> dict[str, Any
 
 
 def _eval_item(
-    cfg: EvalConfig, predictor: Any, item: ImageItem, index: int, done: set[str], emit: Callable
+    cfg: Any,
+    predictor: Any,
+    item: ImageItem,
+    index: int,
+    done: set[str],
+    emit: Callable,
+    eval_object: Callable[[Any, Any, ObjectGT], dict[str, Any]] = _eval_object,
 ) -> None:
-    """Evaluate the not-yet-done objects of one image, emitting one record per sample."""
+    """Evaluate the not-yet-done objects of one image, emitting one record per sample.
+
+    The image is encoded once; ``eval_object(cfg, predictor, ob)`` returns each record's result
+    fields (with a ``timing`` dict, which gets the image's ``encoder`` seconds)."""
     todo: list[tuple[list[int], ObjectGT]] = []
     for si, src in enumerate(item.masks):
         if src.id in done:
@@ -337,7 +367,7 @@ def _eval_item(
     for order, ob in todo:
         try:
             rec = {"id": ob.id, "image": item.key, "order": order}
-            rec.update(_eval_object(cfg, predictor, ob))
+            rec.update(eval_object(cfg, predictor, ob))
             rec["timing"]["encoder"] = enc
         except Exception as e:  # one bad sample must not cost the others their results
             rec = _error(ob.id, item, order, e)
