@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Train the demo models end to end on COCO_MVal, on CPU (~20-25 min on 2 free cores):
+# Train the demo models end to end on COCO_MVal, on CPU (~30-35 min on 2 free cores):
 #   1. configs/demo_tiny.yaml         SAM-architecture model from scratch (all parts, NFL,
-#                                     iterative clicks)      -> $WEIGHTS/demo_sam.safetensors
+#                                     iterative clicks, half the samples starting from a box)
+#                                                            -> $WEIGHTS/demo_sam.safetensors
 #   2. steadysam embed                fp16 embedding cache of the frozen stage-1 encoder
-#   3. configs/demo_tiny_stage2.yaml  FocSAM refiner on top, the rest frozen (NFL + PTL)
+#      configs/demo_tiny_stage2.yaml  FocSAM refiner on top, the rest frozen (NFL + PTL)
 #                                                            -> $WEIGHTS/demo_focsam.safetensors
+#   3. configs/demo_tiny_rts.yaml     Stable-SAM plugin in the stage-1 decoder, the rest frozen
+#                                     (RTS: boxes / noisy boxes / points, BCE + Dice), same cache
+#                                                     -> $WEIGHTS/demo_stable_plugin.safetensors
 # Resumable: if interrupted, run it again; every stage continues from its last checkpoint
 # (a finished stage just re-exports). Everything else goes to $RUN (default runs/demo).
 #
 # Environment: STEADYSAM_DATA (default ../shared/data), RUN, WEIGHTS, PY (the python to use),
-# STAGE1_ARGS / STAGE2_ARGS (extra key=value overrides, e.g. STAGE1_ARGS="iters=100" for a
-# smoke run into another RUN / WEIGHTS).
+# STAGE1_ARGS / STAGE2_ARGS / STAGE3_ARGS (extra key=value overrides, e.g. STAGE1_ARGS="iters=100"
+# or STAGE3_ARGS="epochs=null iters=20" for a smoke run into another RUN / WEIGHTS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,7 +48,17 @@ $PY -m steadysam train configs/demo_tiny_stage2.yaml "${data[@]}" \
   "model.checkpoint=$stage1" "data.cache=$RUN/cache" \
   "run.out_dir=$RUN/stage2" "run.export=$WEIGHTS/demo_focsam.safetensors" ${STAGE2_ARGS:-}
 
-for f in "$WEIGHTS/demo_sam.safetensors" "$WEIGHTS/demo_focsam.safetensors"; do
+echo "== stage 3: Stable-SAM plugin (RTS) -> $WEIGHTS/demo_stable_plugin.safetensors"
+# The stage-1 encoder is frozen here too: the stage-2 cache serves (this only checks it).
+$PY -m steadysam embed configs/demo_tiny_rts.yaml "${data[@]}" \
+  "model.checkpoint=$stage1" --out "$RUN/cache" --fp16 --measure 0 --no-progress
+# shellcheck disable=SC2086
+$PY -m steadysam train configs/demo_tiny_rts.yaml "${data[@]}" \
+  "model.checkpoint=$stage1" "data.cache=$RUN/cache" "run.out_dir=$RUN/rts" \
+  "run.export_plugin=$WEIGHTS/demo_stable_plugin.safetensors" ${STAGE3_ARGS:-}
+
+for f in "$WEIGHTS/demo_sam.safetensors" "$WEIGHTS/demo_focsam.safetensors" \
+  "$WEIGHTS/demo_stable_plugin.safetensors"; do
   size=$(stat -c %s "$f")
   echo "$f: $((size / 1024)) KiB"
   if [ "$size" -gt $((25 * 1024 * 1024)) ]; then
@@ -58,5 +72,11 @@ from steadysam.factory import build_model
 for name in ("demo_sam", "demo_focsam"):
     m = build_model(checkpoint=f"{sys.argv[1]}/{name}.safetensors")
     print(f"{name}: loads, refiner={m.refiner is not None}, input {m.image_size} px")
+m = build_model(
+    checkpoint=f"{sys.argv[1]}/demo_sam.safetensors",
+    plugin=f"{sys.argv[1]}/demo_stable_plugin.safetensors",
+)
+n = sum(p.numel() for p in m.plugin_parameters())
+print(f"demo_stable_plugin: loads on demo_sam, {n} plugin parameters")
 PY
-echo "done in $(( (SECONDS - start) / 60 )) min; logs and loss plots in $RUN/stage{1,2}/"
+echo "done in $(( (SECONDS - start) / 60 )) min; logs and loss plots in $RUN/{stage1,stage2,rts}/"

@@ -32,6 +32,7 @@ def tiny_overrides(out: Path, **extra: str) -> list[str]:
         "optim.warmup_iters": "2",
         "run.out_dir": str(out),
         "run.export": "null",
+        "run.export_plugin": "null",  # never into src/steadysam/weights (the demo recipes' target)
         "run.progress": "false",
         "run.plot": "true",
         "run.checkpoint_every": "2",

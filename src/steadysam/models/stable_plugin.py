@@ -4,7 +4,7 @@ The two-way transformer asks its ``plugin`` (when set) for the keys and values o
 token->image cross attention (``TwoWayAttentionBlock.plugin``, ``TwoWayTransformer.final_plugin``).
 This module answers with the routed mix of deformed and regular image features
 
-    x_mix = lerp(x_p, x*_{p+Δp}, alpha_d)  = alpha_d x*_{p+Δp} + alpha_r x_p  (alpha_r = 1 - alpha_d)
+    x_mix = lerp(x_p, x*_{p+Δp}, alpha_d) = alpha_d x*_{p+Δp} + (1 - alpha_d) x_p
 
 as keys (+ positional encoding) and values. Only that attention sees x_mix: the image->token
 attention and everything after it keep the regular features x_p (Stable-SAM, final figure).

@@ -10,6 +10,7 @@ import torch
 
 from ..models.build import build_sam
 from ..models.sam import Sam
+from ..models.stable_plugin import is_plugin_key
 from .config import PARTS, ConfigError, OptimConfig, TrainConfig
 
 
@@ -17,7 +18,9 @@ def build_train_model(cfg: TrainConfig) -> Sam:
     """The model of ``cfg.model`` with its initial weights and ``requires_grad`` set per part.
 
     A checkpoint without a refiner may initialise a model with one (FocSAM stage 2 from the
-    stage-1 SAM): the refiner keeps its own init (spec §4.9). Any other difference is an error.
+    stage-1 SAM): the refiner keeps its own init (spec §4.9); likewise a checkpoint without a
+    Stable-SAM plugin for a model with one: the plugin keeps its identity init, so the model
+    starts as exactly the checkpoint's SAM. Any other difference is an error.
     """
     torch.manual_seed(cfg.seed)  # the same random init on every rank and every resume
     model = build_sam(cfg.arch())
@@ -33,7 +36,7 @@ def build_train_model(cfg: TrainConfig) -> Sam:
             result = model.load_state_dict(state, strict=False)
         except RuntimeError as e:
             raise ConfigError(f"model.checkpoint {cfg.model.checkpoint!r}: {e}") from None
-        bad = [k for k in result.missing_keys if not k.startswith("refiner.")]
+        bad = [k for k in result.missing_keys if not _may_start_fresh(k)]
         if bad or result.unexpected_keys:
             raise ConfigError(
                 f"model.checkpoint {cfg.model.checkpoint!r} does not fit {cfg.model.name} "
@@ -41,6 +44,11 @@ def build_train_model(cfg: TrainConfig) -> Sam:
             )
     set_trainable(model, cfg.model.trainable)
     return model
+
+
+def _may_start_fresh(key: str) -> bool:
+    """Parts a checkpoint may lack: they keep the init they were built with."""
+    return key.startswith("refiner.") or is_plugin_key(key)
 
 
 def sincos_2d(dim: int, h: int, w: int) -> torch.Tensor:
@@ -61,12 +69,18 @@ def sincos_2d(dim: int, h: int, w: int) -> torch.Tensor:
 
 
 def set_trainable(model: Sam, trainable: list[str]) -> None:
-    """requires_grad True exactly for the parameters of the listed parts."""
+    """requires_grad True exactly for the parameters of the listed parts.
+
+    The Stable-SAM plugin sits inside the mask decoder but is a part of its own: the modules
+    are set first, then the plugin's parameters, so ``[plugin]`` trains the plugin alone and
+    ``[mask_decoder]`` SAM's decoder without it."""
     for part in PARTS:
-        module = getattr(model, part, None)
+        module = getattr(model, part, None) if part != "plugin" else None
         if module is not None:
             for p in module.parameters():
                 p.requires_grad_(part in trainable)
+    for p in model.plugin_parameters():
+        p.requires_grad_("plugin" in trainable)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
@@ -76,12 +90,13 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Ada
     )
 
 
-def lr_factor(it: int, total: int, warmup: int, start_factor: float) -> float:
+def lr_factor(it: int, total: int, warmup: int, start_factor: float, decay: bool = True) -> float:
     """LinearLR(start_factor) over the first ``warmup`` iterations, then PolyLR(power 1) down
-    to 0 at ``total`` (mmengine closed forms; the value used for iteration ``it``)."""
+    to 0 at ``total`` (mmengine closed forms; the value used for iteration ``it``), or constant
+    after the warm-up without ``decay``."""
     if it < warmup:
         return start_factor + (1.0 - start_factor) * it / warmup
-    if total <= warmup:
+    if total <= warmup or not decay:
         return 1.0
     return max(0.0, 1.0 - (it - warmup) / (total - warmup))
 
@@ -89,7 +104,8 @@ def lr_factor(it: int, total: int, warmup: int, start_factor: float) -> float:
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
     o = cfg.optim
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: lr_factor(it, cfg.iters, o.warmup_iters, o.warmup_start_factor)
+        optimizer,
+        lambda it: lr_factor(it, cfg.iters, o.warmup_iters, o.warmup_start_factor, o.decay),
     )
 
 

@@ -17,8 +17,10 @@ from typing import Any
 
 import yaml
 
-PARTS = ("image_encoder", "prompt_encoder", "mask_decoder", "refiner")
-STAGES = ("sam", "refiner")
+# "plugin" is Stable-SAM's DSP + DRP: it lives inside the mask decoder but is its own part
+# ("mask_decoder" then means SAM's decoder weights without the plugin).
+PARTS = ("image_encoder", "prompt_encoder", "mask_decoder", "refiner", "plugin")
+STAGES = ("sam", "refiner", "rts")
 DATASET_TYPES = ("folder", "coco", "lvis")
 
 
@@ -38,6 +40,8 @@ class DatasetConfig:
     masks: str = ""  # folder: masks; coco panoptic: PNG folder (default: JSON path sans .json)
     annotations: str = ""  # coco / lvis: annotation JSON
     mask_mode: str = "instance"  # folder: instance (each non-zero value is an object) | binary
+    image_ext: str = ""  # folder: only images with this extension (e.g. ".jpg"); "" = any
+    mask_ext: str = ""  # folder: only masks with this extension (e.g. ".png"); "" = any
     weight: float = 1.0
     gamma: float = 0.6  # P(k simulated rounds) ∝ gamma^k, k = 0..sim.max_rounds (spec §7.3)
     refine_gamma: float = 0.6  # P(refine step = k) ∝ refine_gamma^k, k = 0..rounds (spec §7.4)
@@ -57,9 +61,11 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     """``name`` picks a registered architecture, ``arch`` overrides its SamConfig fields
-    (``refiner: null`` removes the refiner, a dict overrides RefinerConfig fields); weights come
-    from ``checkpoint`` (any format ``build_model`` reads; a SAM checkpoint may initialise a
-    FocSAM model, the refiner then starts from its §4.9 init)."""
+    (``refiner`` / ``plugin``: null removes it, a mapping adds it or overrides its
+    RefinerConfig / PluginConfig fields); weights come from ``checkpoint`` (any format
+    ``build_model`` reads; a SAM checkpoint may initialise a FocSAM model, the refiner then
+    starts from its §4.9 init, and a model with a Stable-SAM plugin, which then starts from its
+    identity init)."""
 
     name: str = "focsam_vit_h"
     arch: dict[str, Any] = field(default_factory=dict)
@@ -77,6 +83,28 @@ class SimConfig:
     first_inner_k: float = 1.0  # first click: the interior-most pixel (spec §5.1)
     inner_k: float = 1.7  # later clicks: random pixel with DT > max / 1.7
     expand_ratio: tuple[float, float] = (1.0, 1.4)  # focus-box expansion ~ U per axis
+    # Stage sam only: probability that a sample's first prompt is its jittered GT box instead of
+    # the first click (SAM's own training mixes boxes and clicks); the box stays in every round.
+    box_prob: float = 0.0
+
+
+@dataclass
+class RtsConfig:
+    """Stable-SAM's robust training strategy (stablesam-spec §4.2, §8.9-10): one prompt per
+    sample, drawn by ``steadysam.prompts.rts_prompt``, and BCE + Dice on uncertainty-sampled
+    points of the single-mask logits against the whole-object mask (HQ-SAM's loss)."""
+
+    # Relative weights (normalised) of the GT box, a noisy box and k random points.
+    probs: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
+    noise_range: tuple[float, float] = (0.0, 0.5)  # noisy-box scale ~ U(low, high) (DN-DETR)
+    k_range: tuple[int, int] = (1, 10)  # k ~ U{low..high} random positive points
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+    # Points per mask for 256 x 256 low-res logits (1024 px input; HQ-SAM: 112 x 112); other
+    # logit sizes use the same fraction of their pixels (64 x 64 logits: 784 points).
+    num_points: int = 12544
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
 
 
 @dataclass
@@ -96,6 +124,9 @@ class OptimConfig:
     warmup_iters: int = 1500
     warmup_start_factor: float = 1e-6
     grad_clip: float | None = None  # max grad norm; None = no clipping (official)
+    # Linear decay to 0 after the warm-up (FocSAM's PolyLR); false: constant (HQ-SAM's StepLR
+    # drops at epoch 10, so Stable-SAM's one epoch runs at a constant rate).
+    decay: bool = True
 
 
 @dataclass
@@ -105,6 +136,7 @@ class RunConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     export: str | None = None  # also copy the final safetensors here
+    export_plugin: str | None = None  # models with a plugin: also copy plugin.safetensors here
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True
     plot: bool = True
@@ -113,12 +145,18 @@ class RunConfig:
 
 @dataclass
 class TrainConfig:
-    stage: str = "sam"  # sam: decoder / SAM training (NFL) | refiner: FocSAM stage 2 (NFL + PTL)
+    # sam: decoder / SAM training (NFL) | refiner: FocSAM stage 2 (NFL + PTL) |
+    # rts: Stable-SAM plugin, robust training strategy (BCE + Dice)
+    stage: str = "sam"
     iters: int = 320000
+    # When set, replaces ``iters``: ceil(epochs * samples per epoch / data.batch_size), where an
+    # epoch is one pass of the data stream (sum over sources of round(weight * images)).
+    epochs: float | None = None
     seed: int = 42
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sim: SimConfig = field(default_factory=SimConfig)
+    rts: RtsConfig = field(default_factory=RtsConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -142,6 +180,15 @@ class TrainConfig:
             raise ConfigError("stage refiner needs a model with a refiner (e.g. focsam_vit_h)")
         if "refiner" in self.model.trainable and arch.refiner is None:
             raise ConfigError("model.trainable lists 'refiner' but the model has none")
+        if self.stage == "rts" and arch.plugin is None:
+            raise ConfigError(
+                "stage rts needs a model with a Stable-SAM plugin (e.g. stable_sam_vit_l, or "
+                "model.arch.plugin: {})"
+            )
+        if "plugin" in self.model.trainable and arch.plugin is None:
+            raise ConfigError("model.trainable lists 'plugin' but the model has none")
+        if self.run.export_plugin and arch.plugin is None:
+            raise ConfigError("run.export_plugin is set but the model has no Stable-SAM plugin")
         if self.data.cache and "image_encoder" in self.model.trainable:
             raise ConfigError("data.cache needs a frozen image encoder (remove it from trainable)")
         if not self.data.datasets:
@@ -157,30 +204,41 @@ class TrainConfig:
         lo, hi = self.sim.expand_ratio
         if not 0 < lo <= hi:
             raise ConfigError(f"sim.expand_ratio must be (low, high), 0 < low <= high: {lo, hi}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ConfigError(f"epochs must be > 0 (or null to use iters), not {self.epochs}")
+        if not 0 <= self.sim.box_prob <= 1:
+            raise ConfigError(f"sim.box_prob must be in [0, 1], not {self.sim.box_prob}")
+        if self.sim.box_prob > 0 and self.stage != "sam":
+            raise ConfigError("sim.box_prob is used by stage sam only: set it to 0")
+        self._validate_rts()
         return self
+
+    def _validate_rts(self) -> None:
+        r = self.rts
+        if any(p < 0 for p in r.probs) or sum(r.probs) <= 0:
+            raise ConfigError(f"rts.probs must be >= 0 with a positive sum: {list(r.probs)}")
+        if not 0 <= r.noise_range[0] <= r.noise_range[1]:
+            raise ConfigError(f"rts.noise_range must satisfy 0 <= low <= high: {r.noise_range}")
+        if not 1 <= r.k_range[0] <= r.k_range[1]:
+            raise ConfigError(f"rts.k_range must satisfy 1 <= low <= high: {r.k_range}")
+        if r.num_points < 1 or r.oversample_ratio < 1 or not 0 <= r.importance_sample_ratio <= 1:
+            raise ConfigError(
+                "rts: num_points >= 1, oversample_ratio >= 1, 0 <= importance_sample_ratio <= 1"
+            )
 
     def arch(self):
         """The model's SamConfig: the named architecture with ``model.arch`` applied."""
         from ..models.build import sam_config
-        from ..models.config import RefinerConfig, SamConfig
+        from ..models.config import SamConfig
 
         try:
             base = sam_config(self.model.name).to_dict()
         except KeyError as e:
             raise ConfigError(f"model.name: {e.args[0]}") from None
         arch = dict(self.model.arch)
-        if "refiner" in arch:
-            ref = arch.pop("refiner")
-            if ref is None:
-                base["refiner"] = None
-            elif isinstance(ref, dict):
-                merged = dict(base["refiner"] or dataclasses.asdict(RefinerConfig()), **ref)
-                known = {f.name for f in dataclasses.fields(RefinerConfig)}
-                if set(merged) - known:
-                    raise ConfigError(f"model.arch.refiner: unknown fields {set(merged) - known}")
-                base["refiner"] = merged
-            else:
-                raise ConfigError("model.arch.refiner must be null or a mapping")
+        for name in ("refiner", "plugin"):
+            if name in arch:
+                base[name] = _sub_config(name, base.get(name), arch.pop(name))
         unknown = sorted(set(arch) - set(base))
         if unknown:
             raise ConfigError(f"model.arch: unknown SamConfig fields {unknown}")
@@ -189,6 +247,24 @@ class TrainConfig:
             return SamConfig.from_dict(base)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"model.arch: {e}") from None
+
+
+def _sub_config(name: str, current: dict | None, value: Any) -> dict | None:
+    """``model.arch.<name>`` (refiner / plugin) applied to the architecture's own setting:
+    null removes the part, a mapping adds it (from the dataclass defaults) or overrides
+    fields of the one the architecture has."""
+    from ..models.config import PluginConfig, RefinerConfig
+
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(f"model.arch.{name} must be null or a mapping")
+    cls = {"refiner": RefinerConfig, "plugin": PluginConfig}[name]
+    merged = dict(current or dataclasses.asdict(cls()), **value)
+    known = {f.name for f in dataclasses.fields(cls)}
+    if set(merged) - known:
+        raise ConfigError(f"model.arch.{name}: unknown fields {sorted(set(merged) - known)}")
+    return merged
 
 
 # -- dict <-> dataclass with type checking ----------------------------------------------------

@@ -92,6 +92,7 @@ class TrainSamples(Dataset):
     ``image``  3 x S x S float32 normalised model input (absent with a cache),
     ``embed``  C x h x w float32 cached embedding (only with a cache),
     ``gt``     S x S bool object mask in the model frame,
+    ``size``   (h, w) of the image inside the frame (the rest is padding),
     ``source`` int source index, ``key`` cache key of the image.
     """
 
@@ -135,7 +136,12 @@ class TrainSamples(Dataset):
             raise DatasetError(f"no non-empty object found near sample {n}: are masks empty?")
         src = self.sources[d]
         frame = Frame.create(self.spec.preprocess, obj.shape, self.spec.image_size)
-        out = {"gt": mask_to_frame(obj, frame), "source": d, "key": cache_key(src.paths[i])}
+        out = {
+            "gt": mask_to_frame(obj, frame),
+            "size": frame.input_size,
+            "source": d,
+            "key": cache_key(src.paths[i]),
+        }
         if self.cache is not None:
             out["embed"] = self.cache.load(out["key"])
         else:
@@ -148,9 +154,10 @@ class TrainSamples(Dataset):
 
 def collate(samples: list[dict]) -> dict:
     """List of samples -> batch: ``image``/``embed`` B x ..., ``gt`` B x S x S bool,
-    ``source`` B int64, ``key`` list."""
+    ``size`` B x 2 int64 (h, w), ``source`` B int64, ``key`` list."""
     batch = {
         "gt": torch.stack([s["gt"] for s in samples]),
+        "size": torch.tensor([s["size"] for s in samples]),
         "source": torch.tensor([s["source"] for s in samples]),
         "key": [s["key"] for s in samples],
     }

@@ -1,13 +1,16 @@
-"""The training loop: simulation + loss in one module (DDP-wrapped under torchrun), AdamW with
-warm-up + linear decay, tqdm / CSV / plot, atomic resumable checkpoints, final export.
+"""The training loop: prompts + loss in one module (DDP-wrapped under torchrun), AdamW with
+warm-up + linear decay (or constant), tqdm / CSV / plot, atomic resumable checkpoints, final
+export (+ the Stable-SAM plugin alone).
 
 Determinism: the data stream and every random draw of an iteration (click counts, refine step,
-expansion ratios, click positions) are seeded by (seed, iteration, rank), so a run killed at
-any point and resumed from its last checkpoint continues exactly as if never stopped.
+expansion ratios, click positions, boxes, RTS prompts, loss points) are seeded by (seed,
+iteration, rank), so a run killed at any point and resumed from its last checkpoint continues
+exactly as if never stopped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -20,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from ..models.sam import Sam
+from ..prompts import Prompt, rts_prompt
 from .build import (
     Dist,
     build_optimizer,
@@ -28,20 +32,24 @@ from .build import (
     init_distributed,
 )
 from .config import TrainConfig, dump_config
-from .data import ImageSpec, IterationBatches, TrainSamples, build_sources, collate
-from .losses import mask_iou, normalized_focal_loss, point_loss
+from .data import ImageSpec, IterationBatches, Mixture, TrainSamples, build_sources, collate
+from .losses import mask_iou, normalized_focal_loss, point_loss, sampled_mask_loss
 from .runlog import CsvLog, plot_losses
-from .simulate import simulate, truncated_geometric
+from .simulate import jittered_box, simulate, truncated_geometric
 from .state import list_checkpoints, load_state, save_state
 
 
 class TrainStep(nn.Module):
-    """One training forward: embeddings (encoder with grad when trainable) -> per-source click
-    simulation (no_grad, eval) -> decoder (stage ``sam``) or refiner + frozen decoder (stage
-    ``refiner``) with the simulated prompts -> weighted losses.
+    """One training forward on a batch's embeddings (encoder with grad when trainable).
 
-    forward(batch, rng, gen) -> dict of scalar tensors: ``loss`` (the total to minimise),
-    ``nfl``, ``ptl`` and metrics ``iou`` (training prediction) / ``iou_coarse`` (stage 2).
+    Stages ``sam`` / ``refiner``: per-source click simulation (no_grad, eval), then the decoder
+    (``sam``) or refiner + frozen decoder (``refiner``) with the simulated prompts -> NFL (+ PTL).
+    Stage ``rts``: one Stable-SAM RTS prompt per sample, the decoder (single mask, no mask
+    input) -> BCE + Dice on uncertainty-sampled points against the whole-object mask.
+
+    forward(batch, rng, gen) -> dict of scalar tensors: ``loss`` (the total to minimise), its
+    terms (``nfl``, ``ptl`` / ``bce``, ``dice``) and metrics ``iou`` (training prediction) /
+    ``iou_coarse`` (stage 2).
     """
 
     def __init__(self, model: Sam, cfg: TrainConfig) -> None:
@@ -59,42 +67,70 @@ class TrainStep(nn.Module):
     def forward(
         self, batch: dict[str, Any], rng: np.random.Generator, gen: torch.Generator
     ) -> dict[str, torch.Tensor]:
-        m, cfg = self.model, self.cfg
-        dev = m.device
-        gt = batch["gt"].to(dev)
+        m = self.model
         if "embed" in batch:
-            emb = batch["embed"].to(dev)
+            emb = batch["embed"].to(m.device)
         else:
             with torch.set_grad_enabled(self.encoder_trainable and torch.is_grad_enabled()):
-                emb = m.encode(batch["image"].to(dev))
+                emb = m.encode(batch["image"].to(m.device))
+        if self.cfg.stage == "rts":
+            return self._rts(batch, emb, rng, gen)
+        return self._clicks(batch, emb, rng, gen)
+
+    def _box_groups(
+        self, idx: list[int], batch: dict[str, Any], rng: np.random.Generator
+    ) -> list[tuple[list[int], torch.Tensor | None]]:
+        """Split a source group into samples prompted by a jittered GT box first (probability
+        ``sim.box_prob``, stage sam) and by a first click: [(indices, boxes or None)]."""
+        p = self.cfg.sim.box_prob
+        if p == 0 or self.cfg.stage != "sam":  # no draw: the stream stays as without boxes
+            return [(idx, None)]
+        use = rng.random(len(idx)) < p
+        with_box = [i for i, u in zip(idx, use, strict=True) if u]
+        boxes = [jittered_box(_valid(batch, i), rng, self.model.image_size) for i in with_box]
+        groups = [(with_box, torch.tensor(boxes, device=self.model.device))] if with_box else []
+        rest = [i for i, u in zip(idx, use, strict=True) if not u]
+        return groups + ([(rest, None)] if rest else [])
+
+    def _clicks(
+        self,
+        batch: dict[str, Any],
+        emb: torch.Tensor,
+        rng: np.random.Generator,
+        gen: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
+        m, cfg = self.model, self.cfg
+        gt = batch["gt"].to(m.device)
         gts_np = list(batch["gt"].cpu().numpy())
         refine = cfg.stage == "refiner"
         order, logits_all, coarse_all, coords_all, labels_all = [], [], [], [], []
         for src in sorted(set(batch["source"].tolist())):
-            idx = [i for i, s in enumerate(batch["source"].tolist()) if s == src]
+            idx_src = [i for i, s in enumerate(batch["source"].tolist()) if s == src]
             gamma, refine_gamma = self.gammas[src]
             rounds = truncated_geometric(gamma, cfg.sim.max_rounds, rng)
             step = truncated_geometric(refine_gamma, rounds, rng) if refine else None
-            e = emb[idx]
-            sim = simulate(
-                m,
-                e.detach(),
-                [gts_np[i] for i in idx],
-                rounds,
-                rng,
-                refine_step=step,
-                expand_ratio=self._ratios(gen) if refine else (1.4, 1.4),
-                first_inner_k=cfg.sim.first_inner_k,
-                inner_k=cfg.sim.inner_k,
-            )
-            if refine:  # new expansion draw for the pass with gradients
-                e = m.refine(e, sim.coarse_logits, sim.query_token, self._ratios(gen))
-                coarse_all.append(sim.coarse_logits)
-            pts = (sim.coords, sim.labels)
-            logits_all.append(m.decode(e, points=pts, mask_input=sim.prev_logits)[0])
-            order += idx
-            coords_all.append(sim.coords)
-            labels_all.append(sim.labels)
+            for idx, boxes in self._box_groups(idx_src, batch, rng):
+                e = emb[idx]
+                sim = simulate(
+                    m,
+                    e.detach(),
+                    [gts_np[i] for i in idx],
+                    rounds,
+                    rng,
+                    refine_step=step,
+                    expand_ratio=self._ratios(gen) if refine else (1.4, 1.4),
+                    first_inner_k=cfg.sim.first_inner_k,
+                    inner_k=cfg.sim.inner_k,
+                    boxes=boxes,
+                )
+                if refine:  # new expansion draw for the pass with gradients
+                    e = m.refine(e, sim.coarse_logits, sim.query_token, self._ratios(gen))
+                    coarse_all.append(sim.coarse_logits)
+                logits = m.decode(e, points=sim.points, boxes=boxes, mask_input=sim.prev_logits)
+                logits_all.append(logits[0])
+                order += idx
+                coords_all.append(sim.coords)
+                labels_all.append(sim.labels)
         gt = gt[order]
         logits = torch.cat(logits_all)
         lc = cfg.loss
@@ -112,6 +148,68 @@ class TrainStep(nn.Module):
             out["iou_coarse"] = mask_iou(torch.cat(coarse_all), gt)
         out["loss"] = total
         return out
+
+    def _rts(
+        self,
+        batch: dict[str, Any],
+        emb: torch.Tensor,
+        rng: np.random.Generator,
+        gen: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
+        """Stable-SAM RTS: per sample a GT box, a noisy box or k random positive points drawn
+        in the valid (unpadded) part of the frame; samples with the same kind of prompt
+        (box, or the same k) are decoded together, so no padding point changes a prompt."""
+        m, r = self.model, self.cfg.rts
+        probs = tuple(p / sum(r.probs) for p in r.probs)  # relative weights in the config
+        groups: dict[tuple[str, int], list[Prompt]] = {}
+        members: dict[tuple[str, int], list[int]] = {}
+        for i in range(len(batch["gt"])):
+            p = rts_prompt(_valid(batch, i), rng, r.noise_range, r.k_range, probs)
+            kind = ("box", 0) if p.box is not None else ("points", len(p.points))
+            groups.setdefault(kind, []).append(p)
+            members.setdefault(kind, []).append(i)
+        order, logits_all = [], []
+        for kind, prompts in groups.items():  # insertion order: reproducible
+            idx = members[kind]
+            logits_all.append(m.decode(emb[idx], **_prompt_tensors(prompts, m.device))[0])
+            order += idx
+        logits = torch.cat(logits_all)
+        gt = batch["gt"].to(m.device)[order]
+        h, w = logits.shape[-2:]
+        n = rts_num_points(r.num_points, h, w)
+        bce, dice = sampled_mask_loss(
+            logits, gt, n, r.oversample_ratio, r.importance_sample_ratio, gen
+        )
+        total = r.bce_weight * bce + r.dice_weight * dice
+        return {"loss": total, "bce": bce, "dice": dice, "iou": mask_iou(logits, gt)}
+
+
+def rts_num_points(num_points: int, h: int, w: int) -> int:
+    """Sampled points for h x w logits: ``num_points`` is set for 256 x 256 logits (1024 px
+    input, HQ-SAM's 112 x 112) and scales with the logits' area."""
+    return max(1, round(num_points * h * w / 256**2))
+
+
+def _valid(batch: dict[str, Any], i: int) -> np.ndarray:
+    """Sample i's mask cropped to the image inside the frame: prompts never land in padding.
+    The crop starts at the frame's origin, so its coordinates are frame coordinates."""
+    h, w = (int(v) for v in batch["size"][i])
+    return batch["gt"][i, :h, :w].cpu().numpy()
+
+
+def _prompt_tensors(prompts: list[Prompt], device: torch.device) -> dict[str, Any]:
+    """``Sam.decode`` keyword arguments for prompts of one kind: all boxes, or all k points."""
+    if prompts[0].box is not None:
+        return {"boxes": torch.tensor([p.box for p in prompts], device=device)}
+    coords = torch.tensor(np.stack([p.points for p in prompts]), dtype=torch.float32)
+    labels = torch.tensor(np.stack([p.labels for p in prompts]), dtype=torch.long)
+    return {"points": (coords.to(device), labels.to(device))}
+
+
+def epoch_iters(epochs: float, samples_per_epoch: int, batch_size: int) -> int:
+    """Iterations of ``epochs`` passes over the data stream at global batch ``batch_size``
+    (the last, partial batch counts as one)."""
+    return max(1, math.ceil(epochs * samples_per_epoch / batch_size - 1e-9))
 
 
 def _iteration_rngs(seed: int, it: int, rank: int) -> tuple[np.random.Generator, torch.Generator]:
@@ -186,17 +284,27 @@ def _check_sync(model: nn.Module, first_keys: list[str], out: Path, dist: Dist) 
 def _train(cfg: TrainConfig, resume: bool) -> Path:
     from tqdm import tqdm
 
-    from ..checkpoints import save_checkpoint
+    from ..checkpoints import save_checkpoint, save_plugin_checkpoint
 
     dist = init_distributed(cfg.run.device)
     out = Path(cfg.run.out_dir)
     ckdir = out / "checkpoints"
-    if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump_config(cfg))
-
     model = build_train_model(cfg).to(dist.device)
     sources = build_sources(cfg.data)
+    weights = [d.weight for d in cfg.data.datasets]
+    if cfg.epochs is not None:
+        per_epoch = Mixture([len(s) for s in sources], weights, cfg.seed).length
+        cfg = dataclasses.replace(
+            cfg, iters=epoch_iters(cfg.epochs, per_epoch, cfg.data.batch_size)
+        )
+        if dist.main:
+            print(
+                f"epochs {cfg.epochs:g} x {per_epoch} samples / batch {cfg.data.batch_size} "
+                f"-> {cfg.iters} iterations"
+            )
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump_config(cfg))  # with the iterations resolved
     cache = None
     if cfg.data.cache:
         from .embed_cache import EmbeddingCache, unique_images
@@ -205,7 +313,6 @@ def _train(cfg: TrainConfig, resume: bool) -> Path:
         cache.check(model, [k for k, _, _ in unique_images(sources)])
     c = model.config
     spec = ImageSpec(c.image_size, c.preprocess, c.pixel_mean, c.pixel_std)
-    weights = [d.weight for d in cfg.data.datasets]
     samples = TrainSamples(sources, weights, spec, cfg.seed, cfg.data.color_aug, cache)
 
     optimizer = build_optimizer(model, cfg.optim)
@@ -289,6 +396,10 @@ def _train(cfg: TrainConfig, resume: bool) -> Path:
         save_checkpoint(model.cpu(), final)
         if cfg.run.export:
             save_checkpoint(model, cfg.run.export)
+        if model.config.plugin is not None:  # Stable-SAM: the plugin alone, for any base file
+            save_plugin_checkpoint(model, out / "plugin.safetensors")
+            if cfg.run.export_plugin:
+                save_plugin_checkpoint(model, cfg.run.export_plugin)
     dist.barrier()
     if dist.world > 1:
         torch.distributed.destroy_process_group()

@@ -1,7 +1,10 @@
-"""Training losses (spec §7.5): normalised focal loss (NFL, RITM) and FocSAM's point loss (PTL).
+"""Training losses.
 
-Both are computed at the S x S model input: low-res decoder logits are upsampled bilinearly
-(align_corners=False) first.
+FocSAM (spec §7.5): normalised focal loss (NFL, RITM) and the point loss (PTL), both at the
+S x S model input (low-res decoder logits upsampled bilinearly, align_corners=False, first).
+
+Stable-SAM's RTS (stablesam-spec §4.2): HQ-SAM's BCE + Dice on points sampled PointRend-style
+(mostly where the logits are least certain) from the low-res logits and the mask.
 """
 
 from __future__ import annotations
@@ -82,3 +85,78 @@ def mask_iou(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         inter = (p & y).sum(1).float()
         union = (p | y).sum(1).float()
         return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).mean()
+
+
+def point_sample(x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Bilinear values of B x C x H x W maps at B x N x 2 points (x, y) in [0, 1] of the map's
+    extent -> B x C x N (detectron2's ``point_sample``, align_corners=False: 0 and 1 are the
+    outer edges, so maps of any resolution over the same frame agree)."""
+    grid = (2.0 * coords - 1.0).to(x.dtype)[:, :, None, :]
+    return F.grid_sample(x, grid, mode="bilinear", align_corners=False)[..., 0]
+
+
+def uncertain_points(
+    logits: torch.Tensor,
+    num_points: int,
+    oversample_ratio: float,
+    importance_sample_ratio: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """PointRend's training points (detectron2 ``get_uncertain_point_coords_with_randomness``):
+    draw ``num_points * oversample_ratio`` uniform points, keep the
+    ``importance_sample_ratio * num_points`` whose logit is closest to 0 and add uniform points
+    up to ``num_points``.
+
+    Arguments:
+      logits: B x 1 x h x w mask logits (no gradient needed).
+      generator: CPU generator for the uniform draws (for reproducible runs).
+
+    Returns: B x num_points x 2 coordinates (x, y) in [0, 1].
+    """
+    b, dev = logits.shape[0], logits.device
+    n_over = int(num_points * oversample_ratio)
+    n_uncertain = int(importance_sample_ratio * num_points)
+    coords = torch.rand(b, n_over, 2, generator=generator).to(dev)
+    uncertainty = -point_sample(logits.detach().float(), coords)[:, 0].abs()
+    idx = torch.topk(uncertainty, n_uncertain, dim=1).indices
+    picked = torch.gather(coords, 1, idx[..., None].expand(-1, -1, 2))
+    rest = torch.rand(b, num_points - n_uncertain, 2, generator=generator).to(dev)
+    return torch.cat([picked, rest], dim=1)
+
+
+def bce_dice_loss(
+    point_logits: torch.Tensor, point_labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """HQ-SAM's mask losses on sampled points, each the mean over the B masks.
+
+    Arguments:
+      point_logits: B x N logits; point_labels: B x N targets in [0, 1].
+
+    Returns (bce, dice): bce = mean over the points of the binary cross-entropy with logits;
+    dice = 1 - (2 sum(p y) + 1) / (sum(p) + sum(y) + 1), p = sigmoid(logit).
+    """
+    y = point_labels.to(point_logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(point_logits, y, reduction="none").mean(1)
+    p = point_logits.sigmoid()
+    dice = 1.0 - (2.0 * (p * y).sum(1) + 1.0) / (p.sum(1) + y.sum(1) + 1.0)
+    return bce.mean(), dice.mean()
+
+
+def sampled_mask_loss(
+    logits: torch.Tensor,
+    gt: torch.Tensor,
+    num_points: int,
+    oversample_ratio: float = 3.0,
+    importance_sample_ratio: float = 0.75,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bce, dice) of B x 1 x h x w low-res logits against the B x S x S mask, on
+    ``num_points`` uncertainty-sampled points per mask (HQ-SAM / Mask2Former). The mask is
+    sampled as a float map at the same points, so the two resolutions need not match."""
+    y = gt.reshape(gt.shape[0], 1, *gt.shape[-2:]).to(logits.dtype)
+    with torch.no_grad():
+        coords = uncertain_points(
+            logits, num_points, oversample_ratio, importance_sample_ratio, generator
+        )
+        labels = point_sample(y, coords)[:, 0]
+    return bce_dice_loss(point_sample(logits, coords)[:, 0], labels)

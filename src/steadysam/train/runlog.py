@@ -7,7 +7,11 @@ from pathlib import Path
 
 from ..atomic import atomic_path
 
-COLUMNS = ("iter", "loss", "nfl", "ptl", "iou", "iou_coarse", "lr", "it_per_s", "samples_per_s")
+COLUMNS = (
+    "iter", "loss", "nfl", "ptl", "bce", "dice", "iou", "iou_coarse", "lr", "it_per_s",
+    "samples_per_s",
+)  # fmt: skip
+TERMS = ("nfl", "ptl", "bce", "dice")  # loss terms; the total is "loss"
 
 
 class CsvLog:
@@ -35,7 +39,8 @@ class CsvLog:
 
 
 def plot_losses(log: CsvLog, out: Path, title: str = "") -> None:
-    """Loss curves (total, NFL, PTL when present) and IoU vs iteration, written atomically."""
+    """Loss curves (the total and its terms when there are several) and IoU vs iteration,
+    written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,8 +51,8 @@ def plot_losses(log: CsvLog, out: Path, title: str = "") -> None:
         return
     it = [r["iter"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    with_ptl = any(r.get("ptl") is not None for r in rows)  # else loss == nfl: one curve
-    for key in ("loss", "nfl", "ptl") if with_ptl else ("loss",):
+    terms = [k for k in TERMS if any(r.get(k) is not None for r in rows)]
+    for key in ["loss", *terms] if len(terms) > 1 else ["loss"]:  # one term: it is the loss
         ys = [r.get(key, float("nan")) for r in rows]
         ax1.plot(it, ys, label=key)
     ax1.set_xlabel("iteration")

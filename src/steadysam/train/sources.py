@@ -91,7 +91,9 @@ class Source:
 class FolderSource(Source):
     """``images/`` + ``masks/`` paired by file stem (mask ``<stem>.png`` or any image
     extension). ``instance``: every distinct non-zero value is an object (binary 0/255 masks
-    have one); ``binary``: all non-zero pixels form one object."""
+    have one); ``binary``: all non-zero pixels form one object. ``image_ext`` / ``mask_ext``
+    restrict each side to one extension, so images and masks may share a folder (HQSeg-44K's
+    cascade_psp sets: ``x.jpg`` next to ``x.png``)."""
 
     def __init__(self, cfg: DatasetConfig) -> None:
         self.name = cfg.name
@@ -100,8 +102,10 @@ class FolderSource(Source):
         if cfg.mask_mode not in ("instance", "binary"):
             raise DatasetError(f"dataset {cfg.name!r}: mask_mode must be instance or binary")
         self.binary = cfg.mask_mode == "binary"
-        by_stem = {p.stem: p for p in masks.iterdir() if p.suffix.lower() in IMAGE_EXTS}
-        imgs = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        mask_exts = (cfg.mask_ext.lower(),) if cfg.mask_ext else IMAGE_EXTS
+        image_exts = (cfg.image_ext.lower(),) if cfg.image_ext else IMAGE_EXTS
+        by_stem = {p.stem: p for p in masks.iterdir() if p.suffix.lower() in mask_exts}
+        imgs = sorted(p for p in images.iterdir() if p.suffix.lower() in image_exts)
         if not imgs:
             raise DatasetError(f"dataset {cfg.name!r}: no images in {str(images)!r}")
         lonely = [p.name for p in imgs if p.stem not in by_stem]
