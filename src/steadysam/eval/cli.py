@@ -57,6 +57,28 @@ def _debug_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="dataset name (see below)")
+    p.add_argument(
+        "--data-root",
+        help="dataset folder or a folder holding it (default: $STEADYSAM_DATA or ./data)",
+    )
+
+
+def _run_args(p: argparse.ArgumentParser, items: str) -> None:
+    """Options every evaluation run takes (``items``: what a retry evaluates again)."""
+    p.add_argument("--limit", type=int, help="evaluate only the first N images (smoke test)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--cache-dir", help="embedding disk cache folder (predictor)")
+    p.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help=f"on resume, evaluate again the {items} that failed before",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _debug_arg(p)
+
+
 def _default_model(args: argparse.Namespace) -> None:
     """No --model and no --checkpoint: the built-in demo model, with its notice."""
     if not args.model and not args.checkpoint:
@@ -68,11 +90,7 @@ def _default_model(args: argparse.Namespace) -> None:
 
 def _eval_parser(p: argparse.ArgumentParser) -> None:
     _model_args(p)
-    p.add_argument("--dataset", required=True, help="dataset name (see below)")
-    p.add_argument(
-        "--data-root",
-        help="dataset folder or a folder holding it (default: $STEADYSAM_DATA or ./data)",
-    )
+    _dataset_args(p)
     p.add_argument("--clicks", type=int, default=20, help="click budget per object (default 20)")
     p.add_argument(
         "--clicker",
@@ -108,27 +126,14 @@ def _eval_parser(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="ignore-label pixels: auto = exclude for ritm, background for focsam",
     )
-    p.add_argument("--limit", type=int, help="evaluate only the first N images (smoke test)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--cache-dir", help="embedding disk cache folder (predictor)")
-    p.add_argument(
-        "--retry-errors",
-        action="store_true",
-        help="on resume, evaluate again the samples that failed before",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _debug_arg(p)
+    _run_args(p, "samples")
 
 
 def _prompts_parser(p: argparse.ArgumentParser) -> None:
     from steadysam.eval.prompt_runner import DEFAULT_PROMPTS, IGNORE_MODES
 
     _model_args(p)
-    p.add_argument("--dataset", required=True, help="dataset name (see below)")
-    p.add_argument(
-        "--data-root",
-        help="dataset folder or a folder holding it (default: $STEADYSAM_DATA or ./data)",
-    )
+    _dataset_args(p)
     p.add_argument(
         "--prompts",
         default=DEFAULT_PROMPTS,
@@ -148,17 +153,8 @@ def _prompts_parser(p: argparse.ArgumentParser) -> None:
         help="ignore-label pixels (GrabCut/Berkeley band): exclude from IoU and boundary IoU "
         "(default) or count as background",
     )
-    p.add_argument("--limit", type=int, help="evaluate only the first N images (smoke test)")
     p.add_argument("--out", help="run directory (default runs/<model>-<dataset>-prompts-s<seed>)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--cache-dir", help="embedding disk cache folder (predictor)")
-    p.add_argument(
-        "--retry-errors",
-        action="store_true",
-        help="on resume, evaluate again the objects that failed before",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _debug_arg(p)
+    _run_args(p, "objects")
 
 
 def add_parsers(subparsers: Any) -> None:
