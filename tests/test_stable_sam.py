@@ -423,3 +423,28 @@ def test_plugin_mismatches_are_checkpoint_errors(trained, tmp_path):
 def test_pretrained_stable_names_need_a_plugin():
     with pytest.raises(ValueError, match="no published weights"):
         build_model("stable_sam_vit_b", pretrained=True)
+
+
+def test_one_plugin_file_fits_every_sam_and_focsam_size(tmp_path):
+    """SAM ViT-B/L/H and FocSAM ViT-B/L/H share the 256-wide decoder: one plugin file goes on
+    each (checked against their full key tables; meta tensors, so nothing is allocated)."""
+    from steadysam.checkpoints import expected_shapes, with_plugin
+
+    torch.manual_seed(0)
+    donor = build_sam(dataclasses.replace(sam_config("sam_tiny"), prompt_embed_dim=256))
+    attach_plugin(donor, PluginConfig(drp_token="iou"))
+    path = save_plugin_checkpoint(donor, tmp_path / "plugin.safetensors")
+    for base in (
+        "sam_vit_b",
+        "sam_vit_l",
+        "sam_vit_h",
+        "focsam_vit_b",
+        "focsam_vit_l",
+        "focsam_vit_h",
+    ):
+        config = sam_config(base)
+        state = {k: torch.empty(s, device="meta") for k, s in expected_shapes(config).items()}
+        merged, full = with_plugin(config, state, path)
+        assert merged.plugin == PluginConfig(drp_token="iou")
+        assert merged.refiner == config.refiner
+        assert sum(v.numel() for k, v in full.items() if is_plugin_key(k)) == 81_828
