@@ -193,3 +193,35 @@ def test_download(capsys, monkeypatch, tmp_path):
     assert code == 1 and "drive.google.com" in err and "iter_160000.pth" in err
     code, _, err = run(capsys, "download", "sam_tiny")
     assert code == 2 and "no published weights" in err
+
+
+@pytest.fixture(scope="module")
+def plugin_file(tmp_path_factory) -> Path:
+    from steadysam.checkpoints import save_plugin_checkpoint
+    from steadysam.models.build import attach_plugin
+    from steadysam.models.config import PluginConfig
+
+    model = attach_plugin(build_sam(sam_config("sam_tiny")), PluginConfig())
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in model.plugin_parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+    return save_plugin_checkpoint(model, tmp_path_factory.mktemp("pl") / "plugin.safetensors")
+
+
+def test_segment_and_info_with_a_stable_sam_plugin(capsys, tmp_path, image, sam_ckpt, plugin_file):
+    base, stable = tmp_path / "base.png", tmp_path / "stable.png"
+    common = ("segment", image, "--checkpoint", sam_ckpt, "--box", "20,20,200,150", "--logits")
+    assert run(capsys, *common, "--out", base)[0] == 0
+    assert run(capsys, *common, "--plugin", plugin_file, "--out", stable)[0] == 0
+    a, b = np.load(base.with_suffix(".logits.npy")), np.load(stable.with_suffix(".logits.npy"))
+    assert not np.allclose(a, b)  # the plugin is used
+    code, out, _ = run(capsys, "info", plugin_file)
+    assert code == 0 and "Stable-SAM plugin only" in out and "layer1_t2i" in out
+    code, out, _ = run(capsys, "info", plugin_file, "--json")
+    assert code == 0 and json.loads(out)["format"] == "plugin"
+    # A plugin file is not a checkpoint, and a checkpoint is not a plugin file: exit 2, one line.
+    code, _, err = run(capsys, *common, "--checkpoint", plugin_file, "--out", stable)
+    assert code == 2 and "plugin file" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, *common, "--plugin", sam_ckpt, "--out", stable)
+    assert code == 2 and "not a Stable-SAM plugin file" in err
