@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from steadysam import build_model, save_checkpoint
 from steadysam.atomic import atomic_path, atomic_write_text
 
 
@@ -36,7 +37,9 @@ def test_atomic_files_get_the_permissions_of_a_plain_open(tmp_path):
             f.write(b"x")
         with open(tmp_path / "b.bin", "wb") as f:
             f.write(b"x")
+        save_checkpoint(build_model("sam_tiny"), tmp_path / "c.safetensors")
     finally:
         os.umask(old)
-    mode = (tmp_path / "a.bin").stat().st_mode & 0o777
-    assert mode == (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o644
+    for name in ("a.bin", "c.safetensors"):
+        mode = (tmp_path / name).stat().st_mode & 0o777
+        assert mode == (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o644, name
