@@ -84,7 +84,7 @@ class DeformableSampling(nn.Module):
         """Bilinear samples of B x C x h x w ``maps`` at cell centres + ``offsets`` (B x h x w x 2,
         cells, (dx, dy)); border padding, so far offsets read the edge instead of zeros.
         -> B x hw x C. Reference: ``grid_sample``; inference: the same samples as weighted
-        bags of four token rows (:func:`sample_rows`), ~10x faster on CPU for C = 256."""
+        bags of four token rows (:func:`sample_rows`), ~7x faster on CPU for C = 256."""
         if not torch.is_grad_enabled() and maps.device.type == "cpu":
             return sample_rows(maps, offsets)
         b, c, h, w = maps.shape
@@ -121,19 +121,22 @@ def sample_rows(maps: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     in cells -> B x hw x C."""
     b, c, h, w = maps.shape
     dt = torch.promote_types(offsets.dtype, torch.float32)
-    px = (offsets[..., 0].to(dt) + torch.arange(w, device=maps.device, dtype=dt)).clamp(0, w - 1)
-    py = (offsets[..., 1].to(dt) + torch.arange(h, device=maps.device, dtype=dt)[:, None]).clamp(
-        0, h - 1
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=maps.device, dtype=dt),
+        torch.arange(w, device=maps.device, dtype=dt),
+        indexing="ij",
     )
-    x0, y0 = px.floor(), py.floor()
-    lx, ly = px - x0, py - y0
-    x0, y0 = x0.long(), y0.long()
-    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
-    base = (torch.arange(b, device=maps.device) * (h * w)).view(b, 1, 1)
-    idx = (
-        torch.stack([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1], dim=-1) + base[..., None]
-    )
-    wgt = torch.stack([(1 - ly) * (1 - lx), (1 - ly) * lx, ly * (1 - lx), ly * lx], dim=-1)
+    limit = torch.tensor([w - 1, h - 1], device=maps.device, dtype=dt)
+    pos = torch.minimum((offsets.to(dt) + torch.stack([xs, ys], dim=-1)).clamp_(min=0), limit)
+    p0 = pos.floor()
+    frac = pos - p0
+    p1 = torch.minimum(p0 + 1, limit)
+    (x0, y0), (x1, y1), (lx, ly) = p0.unbind(-1), p1.unbind(-1), frac.unbind(-1)
+    idx = torch.stack([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1], dim=-1).long()
+    if b > 1:
+        idx += (torch.arange(b, device=maps.device) * (h * w)).view(b, 1, 1, 1)
+    mx, my = 1 - lx, 1 - ly
+    wgt = torch.stack([my * mx, my * lx, ly * mx, ly * lx], dim=-1)
     rows = maps.permute(0, 2, 3, 1).reshape(b * h * w, c)
     out = F.embedding_bag(
         idx.view(-1, 4), rows, per_sample_weights=wgt.view(-1, 4).to(maps.dtype), mode="sum"
