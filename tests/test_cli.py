@@ -225,3 +225,17 @@ def test_segment_and_info_with_a_stable_sam_plugin(capsys, tmp_path, image, sam_
     assert code == 2 and "plugin file" in err and len(err.strip().splitlines()) == 1
     code, _, err = run(capsys, *common, "--plugin", sam_ckpt, "--out", stable)
     assert code == 2 and "not a Stable-SAM plugin file" in err
+
+
+def test_missing_or_unreadable_plugin_and_checkpoint_files_are_named(capsys, tmp_path, image):
+    text = tmp_path / "notes.txt"
+    text.write_text("hi, not weights")
+    base = ("segment", image, "--click", "10,10", "--out", tmp_path / "o.png")
+    code, _, err = run(
+        capsys, *base, "--model", "demo_sam", "--plugin", tmp_path / "no.safetensors"
+    )
+    assert code == 2 and "plugin file not found" in err and "no.safetensors" in err
+    for flag in ("--plugin", "--checkpoint"):
+        extra = ("--model", "demo_sam") if flag == "--plugin" else ()
+        code, _, err = run(capsys, *base, *extra, flag, text)
+        assert code == 2 and "notes.txt" in err and "cannot read" in err, err

@@ -282,7 +282,19 @@ def read_checkpoint(
         return _torch_load(path, trusted), None
     except CheckpointError:
         raise
-    except (RuntimeError, EOFError, ValueError, ImportError, AttributeError, OSError) as e:
+    # A file that is not a checkpoint makes the unpickler fail in many ways (a text file: a
+    # KeyError on its memo table); each is the same answer for the user.
+    except (
+        RuntimeError,
+        EOFError,
+        ValueError,
+        ImportError,
+        AttributeError,
+        OSError,
+        KeyError,
+        IndexError,
+        TypeError,
+    ) as e:
         raise CheckpointError(
             f"cannot read {str(path)!r} as a torch checkpoint: {_reason(e)}"
         ) from e
@@ -358,6 +370,8 @@ def read_plugin_checkpoint(
     path: str | os.PathLike,
 ) -> tuple[dict[str, torch.Tensor], PluginConfig, dict[str, int]]:
     """(plugin tensors, their PluginConfig, the decoder they fit) of a plugin-only file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"plugin file not found: {str(path)!r}")
     raw, metadata = read_checkpoint(path)
     if not metadata or PLUGIN_METADATA_KEY not in metadata:
         what = "a full model checkpoint" if metadata or isinstance(raw, dict) else "not one"
