@@ -353,6 +353,11 @@ def test_plugin_file_loads_on_sam_and_on_focsam(trained):
     for k, v in stable.state_dict().items():
         if is_plugin_key(k):
             assert torch.equal(on_focsam.state_dict()[k], v), k
+    # A name alone (random base weights) with the file, base or combination name.
+    for name in ("sam_tiny", "stable_sam_tiny"):
+        model = build_model(name, plugin=plugin_path)
+        assert model.config.plugin == stable.config.plugin and len(model.plugins()) == 1
+        assert not any(m.training for m in model.modules())  # the plugin joins in eval mode
     # The same through the registered combination names.
     named = build_model("stable_focsam_tiny", checkpoint=focsam_path, plugin=plugin_path)
     assert named.refiner is not None and len(named.plugins()) == 1

@@ -104,8 +104,10 @@ def build_model(
             )
         checkpoint = hub.download(base)
     if checkpoint is None:
-        model = build_sam(sam_config(name))
-        return model if plugin is None else load_plugin_checkpoint(model, plugin).eval()
+        if plugin is None:
+            return build_sam(sam_config(name))
+        # The file brings the plugin (and its config): build the base it goes on.
+        return load_plugin_checkpoint(build_sam(sam_config(PLUGIN_BASES.get(name, name))), plugin)
     state, config, fmt = load_checkpoint(checkpoint, trusted=trusted)
     if name is not None:
         base = PLUGIN_BASES.get(name, name)

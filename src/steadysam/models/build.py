@@ -87,7 +87,8 @@ def attach_plugin(model: Sam, plugin: PluginConfig) -> Sam:
     for site in plugin.sites:
         owner_name, _, attr = site_module_name(site).rpartition(".")
         owner = transformer.get_submodule(owner_name) if owner_name else transformer
-        setattr(owner, attr, StablePlugin(dim, plugin, tokens).to(device))
+        # Same mode as the model it joins (hard routing applies only in eval mode).
+        setattr(owner, attr, StablePlugin(dim, plugin, tokens).to(device).train(model.training))
     model.config = dataclasses.replace(model.config, plugin=plugin)
     return model
 
