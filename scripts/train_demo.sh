@@ -68,7 +68,7 @@ for f in "$WEIGHTS/demo_sam.safetensors" "$WEIGHTS/demo_focsam.safetensors" \
 done
 $PY - "$WEIGHTS" <<'PY'
 import sys
-from steadysam.factory import build_model
+from steadysam.weights.factory import build_model
 for name in ("demo_sam", "demo_focsam"):
     m = build_model(checkpoint=f"{sys.argv[1]}/{name}.safetensors")
     print(f"{name}: loads, refiner={m.refiner is not None}, input {m.image_size} px")

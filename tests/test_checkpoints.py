@@ -12,7 +12,9 @@ import torch
 from conftest import randomize_
 
 import steadysam
-from steadysam.checkpoints import (
+from steadysam.models.build import build_sam, sam_config
+from steadysam.models.config import RefinerConfig, SamConfig
+from steadysam.weights.files import (
     CONFIG_METADATA_KEY,
     CheckpointError,
     describe_checkpoint,
@@ -21,11 +23,9 @@ from steadysam.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
-from steadysam.models.build import build_sam, sam_config
-from steadysam.models.config import RefinerConfig, SamConfig
 
 
-# -- official layouts, written independently of steadysam.checkpoints (spec §2.2, §4.10) ------
+# -- official layouts, written independently of steadysam.weights.files (spec §2.2, §4.10) ------
 def focsam_layout(state: dict) -> dict:
     """Our (= official SAM) keys -> FocSAM keys, by the converter's rules plus refine_head."""
     prefixes = {

@@ -13,10 +13,11 @@ from conftest import DATA_ROOT, randomize_
 from PIL import Image
 from test_checkpoints import write_focsam_mmengine
 
-from steadysam import __version__, hub
-from steadysam.checkpoints import save_checkpoint
+from steadysam import __version__
 from steadysam.cli import main
 from steadysam.models.build import build_sam, sam_config
+from steadysam.weights import hub
+from steadysam.weights.files import save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -197,9 +198,9 @@ def test_download(capsys, monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def plugin_file(tmp_path_factory) -> Path:
-    from steadysam.checkpoints import save_plugin_checkpoint
     from steadysam.models.build import attach_plugin
     from steadysam.models.config import PluginConfig
+    from steadysam.weights.files import save_plugin_checkpoint
 
     model = attach_plugin(build_sam(sam_config("sam_tiny")), PluginConfig())
     g = torch.Generator().manual_seed(7)

@@ -7,8 +7,8 @@ from PIL import Image
 
 from steadysam import Predictor, build_model
 from steadysam.clicks import Clicker
-from steadysam.factory import DEMO_MODELS, DEMO_PLUGIN
 from steadysam.prompts import mask_box
+from steadysam.weights.factory import DEMO_MODELS, DEMO_PLUGIN
 
 
 def test_demo_weights_are_shipped_and_small():

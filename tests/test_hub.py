@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import steadysam
-from steadysam import hub
 from steadysam.models.build import build_sam, sam_config
+from steadysam.weights import hub
 
 PAYLOAD = b"not really weights " * 1000
 

@@ -11,7 +11,10 @@ import torch
 from conftest import randomize_
 
 from steadysam import Predictor, build_model
-from steadysam.checkpoints import (
+from steadysam.models.build import attach_plugin, build_sam, sam_config
+from steadysam.models.config import PluginConfig
+from steadysam.models.stable_plugin import StablePlugin, is_plugin_key
+from steadysam.weights.files import (
     CheckpointError,
     describe_checkpoint,
     infer_config,
@@ -20,9 +23,6 @@ from steadysam.checkpoints import (
     save_checkpoint,
     save_plugin_checkpoint,
 )
-from steadysam.models.build import attach_plugin, build_sam, sam_config
-from steadysam.models.config import PluginConfig
-from steadysam.models.stable_plugin import StablePlugin, is_plugin_key
 
 
 def _pair(base: str, plugin: PluginConfig | None = None, seed: int = 0):
@@ -433,7 +433,7 @@ def test_pretrained_stable_names_need_a_plugin():
 def test_one_plugin_file_fits_every_sam_and_focsam_size(tmp_path):
     """SAM ViT-B/L/H and FocSAM ViT-B/L/H share the 256-wide decoder: one plugin file goes on
     each (checked against their full key tables; meta tensors, so nothing is allocated)."""
-    from steadysam.checkpoints import expected_shapes, with_plugin
+    from steadysam.weights.files import expected_shapes, with_plugin
 
     torch.manual_seed(0)
     donor = build_sam(dataclasses.replace(sam_config("sam_tiny"), prompt_embed_dim=256))

@@ -18,9 +18,9 @@ from test_train_support import (
     tiny_overrides,
 )
 
-from steadysam.factory import build_model
 from steadysam.train.build import build_train_model
 from steadysam.train.config import load_config
+from steadysam.weights.factory import build_model
 
 
 def test_two_process_training_stays_in_sync(tmp_path):

@@ -20,14 +20,14 @@ from test_train_support import (
     tiny_overrides,
 )
 
-from steadysam.checkpoints import save_checkpoint
 from steadysam.cli import main as cli_main
-from steadysam.factory import build_model
 from steadysam.models.build import build_sam
 from steadysam.train.build import build_train_model
 from steadysam.train.config import load_config
 from steadysam.train.embed_cache import CacheError
 from steadysam.train.loop import train
+from steadysam.weights.factory import build_model
+from steadysam.weights.files import save_checkpoint
 
 PARTS = ("image_encoder", "prompt_encoder", "mask_decoder", "refiner")
 

@@ -19,10 +19,10 @@ from test_train_support import (
     tiny_overrides,
 )
 
-from steadysam.factory import build_model
 from steadysam.train.config import load_config
 from steadysam.train.loop import train
 from steadysam.train.state import list_checkpoints
+from steadysam.weights.factory import build_model
 
 ITERS = 24
 

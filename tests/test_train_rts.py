@@ -23,9 +23,7 @@ from test_train_support import (
     tiny_overrides,
 )
 
-from steadysam.checkpoints import save_checkpoint
 from steadysam.cli import main as cli_main
-from steadysam.factory import build_model
 from steadysam.models.build import build_sam
 from steadysam.models.stable_plugin import is_plugin_key
 from steadysam.train.build import build_train_model
@@ -38,6 +36,8 @@ from steadysam.train.losses import (
     sampled_mask_loss,
     uncertain_points,
 )
+from steadysam.weights.factory import build_model
+from steadysam.weights.files import save_checkpoint
 
 RECIPE = CONFIGS / "demo_tiny_rts.yaml"
 

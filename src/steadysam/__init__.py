@@ -1,10 +1,10 @@
 """steadysam: Segment Anything, stable under interaction (SAM, FocSAM, Stable-SAM)."""
 
-from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from .factory import build_model
 from .models.build import MODEL_BUILDERS, MODEL_CONFIGS, build_sam
 from .models.config import RefinerConfig, SamConfig
 from .predictor import ObjectSession, Predictor
+from .weights.factory import build_model
+from .weights.files import CheckpointError, load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
 

@@ -82,9 +82,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .factory import build_model
     from .predictor import Predictor
     from .preprocess import load_image
+    from .weights.factory import build_model
 
     if not args.click and args.box is None:
         raise ValueError("give at least one --click X,Y[,+|-] or a --box X0,Y0,X1,Y1")
@@ -120,14 +120,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from . import hub
+    from .weights import hub
 
     print(hub.download(args.name, args.dir, progress=not args.quiet))
     return EXIT_OK
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .checkpoints import describe_checkpoint
+    from .weights.files import describe_checkpoint
 
     info = describe_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
     if args.json:
@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _exit_code(error: BaseException) -> int:
     # Bad input (ImageError, CheckpointError are ValueErrors; unknown names are KeyErrors;
     # missing files are FileNotFoundErrors) is a usage problem; the rest is a runtime failure.
-    from .hub import HubError
+    from .weights.hub import HubError
 
     if isinstance(error, HubError):
         return EXIT_FAILURE
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         lines = str(message).strip().splitlines() or [type(e).__name__]
         # Manual-download instructions are the point of the error: print them whole.
-        from .hub import ManualDownloadRequired
+        from .weights.hub import ManualDownloadRequired
 
         text = "\n".join(lines) if isinstance(e, ManualDownloadRequired) else " ".join(lines)
         print(f"error: {text}", file=sys.stderr)

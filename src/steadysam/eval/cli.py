@@ -82,7 +82,7 @@ def _run_args(p: argparse.ArgumentParser, items: str) -> None:
 def _default_model(args: argparse.Namespace) -> None:
     """No --model and no --checkpoint: the built-in demo model, with its notice."""
     if not args.model and not args.checkpoint:
-        from steadysam.factory import DEFAULT_MODEL, print_demo_notice
+        from steadysam.weights.factory import DEFAULT_MODEL, print_demo_notice
 
         args.model = DEFAULT_MODEL
         print_demo_notice()

@@ -138,7 +138,7 @@ def object_prompts(
 def _file_sha256(path: str | None) -> str | None:
     if path is None or not Path(path).is_file():
         return None  # a missing file is build_model's error to report
-    from steadysam.hub import sha256_file
+    from steadysam.weights.hub import sha256_file
 
     return sha256_file(path)
 

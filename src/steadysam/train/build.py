@@ -29,7 +29,7 @@ def build_train_model(cfg: TrainConfig) -> Sam:
         with torch.no_grad():
             pos.copy_(sincos_2d(pos.shape[-1], pos.shape[1], pos.shape[2])[None])
     if cfg.model.checkpoint:
-        from ..checkpoints import load_checkpoint
+        from ..weights.files import load_checkpoint
 
         state, _, _ = load_checkpoint(cfg.model.checkpoint)
         try:

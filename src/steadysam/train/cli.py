@@ -122,7 +122,7 @@ def _embed_config(args: argparse.Namespace):
         if args.model:
             cfg.model.name = args.model
         elif args.checkpoint:
-            from ..checkpoints import load_checkpoint, matching_names
+            from ..weights.files import load_checkpoint, matching_names
 
             arch = load_checkpoint(args.checkpoint)[1]
             names = matching_names(arch)

@@ -284,7 +284,7 @@ def _check_sync(model: nn.Module, first_keys: list[str], out: Path, dist: Dist) 
 def _train(cfg: TrainConfig, resume: bool) -> Path:
     from tqdm import tqdm
 
-    from ..checkpoints import save_checkpoint, save_plugin_checkpoint
+    from ..weights.files import save_checkpoint, save_plugin_checkpoint
 
     dist = init_distributed(cfg.run.device)
     out = Path(cfg.run.out_dir)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .atomic import atomic_path
+from ..atomic import atomic_path
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from .key_layouts import CheckpointError, detect_format, file_key, to_model_layout
-from .models.config import PLUGIN_SITES, PluginConfig, RefinerConfig, SamConfig
-from .models.stable_plugin import is_plugin_key, site_module_name
+from ..models.config import PLUGIN_SITES, PluginConfig, RefinerConfig, SamConfig
+from ..models.stable_plugin import is_plugin_key, site_module_name
+from .formats import CheckpointError, detect_format, file_key, to_model_layout
 
 
 def _indices(state: Mapping[str, Any], prefix: str) -> int:

@@ -20,8 +20,8 @@ any SAM / FocSAM checkpoint whose decoder it fits (:func:`load_plugin_checkpoint
 
 Loading is strict: a missing key, an unexpected key or a shape mismatch raises
 :class:`CheckpointError` listing them. Format detection and the only key renames
-(:data:`FOCSAM_KEY_MAP`) live in :mod:`steadysam.key_layouts`; files without a stored config get
-theirs from tensor shapes (:mod:`steadysam.arch_inference`).
+(:data:`FOCSAM_KEY_MAP`) live in :mod:`steadysam.weights.formats`; files without a stored config get
+theirs from tensor shapes (:mod:`steadysam.weights.inference`).
 """
 
 from __future__ import annotations
@@ -37,24 +37,22 @@ from typing import Any
 
 import torch
 
-# Names imported "as" themselves are re-exported: callers have always imported them from here.
-from .arch_inference import infer_config as infer_config
-from .atomic import atomic_path
-from .key_layouts import CONFIG_METADATA_KEY as CONFIG_METADATA_KEY
-from .key_layouts import FOCSAM_KEY_MAP as FOCSAM_KEY_MAP
-from .key_layouts import PARTS as PARTS
-from .key_layouts import WRAPPER_KEYS as WRAPPER_KEYS
-from .key_layouts import CheckpointError as CheckpointError
-from .key_layouts import abbrev, file_key
-from .key_layouts import detect_format as detect_format
-from .key_layouts import from_focsam_key as from_focsam_key
-from .key_layouts import to_focsam_key as to_focsam_key
-from .key_layouts import to_model_layout as to_model_layout
-from .key_layouts import unwrap_state_dict as unwrap_state_dict
-from .models.build import MODEL_CONFIGS, attach_plugin, build_sam, sam_config
-from .models.config import PluginConfig, SamConfig
-from .models.sam import Sam
-from .models.stable_plugin import is_plugin_key
+from ..atomic import atomic_path
+from ..models.build import MODEL_CONFIGS, attach_plugin, build_sam, sam_config
+from ..models.config import PluginConfig, SamConfig
+from ..models.sam import Sam
+from ..models.stable_plugin import is_plugin_key
+from .formats import (
+    CONFIG_METADATA_KEY,
+    PARTS,
+    CheckpointError,
+    abbrev,
+    detect_format,
+    file_key,
+    to_model_layout,
+    unwrap_state_dict,
+)
+from .inference import infer_config
 
 # Fields an architecture can be told apart by from tensor shapes alone (see infer_config).
 SHAPE_FIELDS = tuple(

@@ -6,19 +6,19 @@ import os
 import sys
 from pathlib import Path
 
-from .checkpoints import (
+from ..models.build import PLUGIN_BASES, build_sam, sam_config
+from ..models.sam import Sam
+from .files import (
     CheckpointError,
     load_checkpoint,
     load_plugin_checkpoint,
     reconcile_config,
     with_plugin,
 )
-from .models.build import PLUGIN_BASES, build_sam, sam_config
-from .models.sam import Sam
 
 # Small models trained on this project's CPUs and shipped in the package (README, "Demo
 # model"): the default when no model is named, so a fresh offline machine works out of the box.
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parent
 DEMO_MODELS = {
     "demo_focsam": WEIGHTS_DIR / "demo_focsam.safetensors",
     "demo_sam": WEIGHTS_DIR / "demo_sam.safetensors",  # the same model without the refiner
@@ -59,7 +59,7 @@ def build_model(
             steadysam ``.safetensors`` file. Alone: the architecture is inferred from it. With
             ``name``: both architectures must agree (else :class:`CheckpointError` naming the
             differences); settings invisible in tensor shapes come from ``name``.
-        pretrained: download the published weights of ``name`` (``steadysam.hub``) and load them.
+        pretrained: download the published weights of ``name`` (:mod:`.hub`) and load them.
         trusted: allow full unpickling of a ``.pth`` that the safe loader refuses (this runs
             code from the file: only for files from a source you trust).
         plugin: a Stable-SAM plugin-only ``.safetensors`` file (RTS training writes one) put on
