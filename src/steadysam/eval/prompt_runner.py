@@ -138,9 +138,9 @@ def object_prompts(
 def _file_sha256(path: str | None) -> str | None:
     if path is None or not Path(path).is_file():
         return None  # a missing file is build_model's error to report
-    from steadysam.weights.hub import sha256_file
+    from steadysam.weights.digest import file_sha256
 
-    return sha256_file(path)
+    return file_sha256(path)
 
 
 def _predict(predictor: Any, prompt: Prompt, shape: tuple[int, ...]) -> np.ndarray:

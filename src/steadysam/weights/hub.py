@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..atomic import atomic_path
+from .digest import file_sha256
 
 
 @dataclass(frozen=True)
@@ -103,20 +104,6 @@ def weights_path(name: str, directory: str | os.PathLike | None = None) -> Path:
     return Path(directory or cache_dir()) / hub_entry(name).filename
 
 
-def sha256_file(path: str | os.PathLike, progress: bool = False) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    size = os.path.getsize(path)
-    with (
-        open(path, "rb") as f,
-        tqdm(total=size, unit="B", unit_scale=True, desc="sha256", disable=not progress) as bar,
-    ):
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            bar.update(len(chunk))
-    return h.hexdigest()
-
-
 def _stamp_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256.json")
 
@@ -136,7 +123,7 @@ def _verified(path: Path, sha256: str, progress: bool) -> bool:
             return True
     except (OSError, ValueError):
         pass
-    if sha256_file(path, progress) != sha256:
+    if file_sha256(path, progress) != sha256:
         return False
     stamp_file.write_text(json.dumps({**_stamp(path), "sha256": sha256}))
     return True
@@ -206,6 +193,5 @@ __all__ = [
     "cache_dir",
     "download",
     "hub_entry",
-    "sha256_file",
     "weights_path",
 ]
