@@ -54,7 +54,7 @@ def _official(arch: dict) -> torch.nn.Module:
 
 def bench_encoder(repeats: int) -> dict:
     official = _official(VIT_B)
-    ours = build_model("sam_vit_b")
+    ours = build_model("sam_vit_b", random_init=True)
     ours.load_state_dict(official.state_dict())
     x = torch.randn(1, 3, 1024, 1024)
     with torch.inference_mode():
@@ -82,7 +82,7 @@ def bench_click(repeats: int) -> dict:
     from PIL import Image
 
     official = _official(VIT_B)
-    ours = build_model("sam_vit_b")
+    ours = build_model("sam_vit_b", random_init=True)
     ours.load_state_dict(official.state_dict())
     image = np.array(Image.open(DATA / "DAVIS345" / "images" / "000.jpg").convert("RGB"))
     ref, pred = SamPredictor(official), Predictor(ours)
@@ -129,7 +129,7 @@ if {which!r} == "official":
     m = build_official_sam(1280, 32, 16, (7, 15, 23, 31))
 else:
     from steadysam import build_model
-    m = build_model("sam_vit_h")
+    m = build_model("sam_vit_h", random_init=True)
 x = torch.randn(1, 3, 1024, 1024)
 def status(key):
     for line in open("/proc/self/status"):

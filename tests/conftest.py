@@ -51,3 +51,29 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def serve_weights(monkeypatch, tmp_path: Path, name: str, payload: bytes, **record_fields):
+    """Point registered ``name`` at a file:// URL holding ``payload`` (no network needed); its
+    sha256 is the payload's unless given. ``record_fields`` replace more of the record (e.g.
+    ``arch=`` a tiny architecture standing in for the real one). Returns the served file."""
+    import dataclasses
+    import hashlib
+
+    from steadysam.weights.registry import REGISTRY
+
+    record = REGISTRY[name]
+    src = tmp_path / "served" / (record.cache_name or f"{name}.pth")
+    src.parent.mkdir(exist_ok=True)
+    src.write_bytes(payload)
+    fields = {"url": src.as_uri(), "sha256": hashlib.sha256(payload).hexdigest(), **record_fields}
+    monkeypatch.setitem(REGISTRY, name, dataclasses.replace(record, **fields))
+    return src
+
+
+@pytest.fixture
+def weights_home(tmp_path, monkeypatch) -> Path:
+    """An empty weights cache ($STEADYSAM_HOME) for the test."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("STEADYSAM_HOME", str(folder))
+    return folder

@@ -12,20 +12,23 @@ import torch
 from conftest import randomize_
 
 import steadysam
-from steadysam.models.build import build_sam, sam_config
-from steadysam.models.config import RefinerConfig, SamConfig
+from steadysam.models.build import build_sam
+from steadysam.models.config import PluginConfig, RefinerConfig, SamConfig
 from steadysam.weights.files import (
     CONFIG_METADATA_KEY,
+    AmbiguousArchitecture,
     CheckpointError,
     describe_checkpoint,
     detect_format,
     infer_config,
     load_checkpoint,
     save_checkpoint,
+    undetermined_fields,
 )
+from steadysam.weights.registry import sam_config
 
 
-# -- official layouts, written independently of steadysam.weights.files (spec §2.2, §4.10) ------
+# -- official layouts, written independently of steadysam.weights.files (docs/focsam.md §2.2, §4.10)
 def focsam_layout(state: dict) -> dict:
     """Our (= official SAM) keys -> FocSAM keys, by the converter's rules plus refine_head."""
     prefixes = {
@@ -118,13 +121,16 @@ def test_official_segment_anything_checkpoint_round_trip(tmp_path):
     )
     path = tmp_path / "sam_official.pth"
     torch.save(official.state_dict(), path)
-    state, config, fmt = load_checkpoint(path)
+    # Not a published size: segment-anything's conventions are not implied, the name gives them.
+    with pytest.raises(AmbiguousArchitecture, match="encoder_norm_eps, preprocess, decoder_num"):
+        load_checkpoint(path)
+    state, config, fmt = load_checkpoint(path, architecture="sam_tiny")
     assert fmt == "sam"
     assert config == sam_config("sam_tiny")
     assert_same_tensors(state, official)
 
     # The same names must mean the same computation: compare the encoders and a decode.
-    model = steadysam.build_model(checkpoint=path)
+    model = steadysam.build_model("sam_tiny", checkpoint=path)
     assert model.config.preprocess == "sam" and model.config.encoder_norm_eps == 1e-6
     x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -144,7 +150,7 @@ def test_wrapped_sam_state_dict(tmp_path, wrapper):
     model = build_sam(sam_config("sam_tiny"))
     path = tmp_path / "wrapped.pth"
     torch.save({wrapper: model.state_dict(), "epoch": 3}, path)
-    state, config, fmt = load_checkpoint(path)
+    state, config, fmt = load_checkpoint(path, architecture="sam_tiny")
     assert (fmt, config) == ("sam", sam_config("sam_tiny"))
     assert_same_tensors(state, model)
 
@@ -159,7 +165,9 @@ def test_focsam_mmengine_checkpoint(tmp_path, focsam_tiny):
     assert "neck.point_embeds.3.weight" in file_state
     assert "backbone.neck.0.weight" in file_state and "refine_head.embed_proj.weight" in file_state
 
-    state, config, fmt = load_checkpoint(path)  # no trusted flag needed: meta is inert
+    with pytest.raises(AmbiguousArchitecture, match="refiner.num_heads, refiner.window_size"):
+        load_checkpoint(path)  # a tiny FocSAM: FocSAM's code defines no such size
+    state, config, fmt = load_checkpoint(path, architecture="focsam_tiny")  # meta is inert
     assert not flag.exists()
     assert fmt == "focsam"
     assert config == sam_config("focsam_tiny")
@@ -176,11 +184,9 @@ def test_focsam_converter_output_without_refiner(tmp_path):
     sam = randomize_(build_sam(sam_config("sam_tiny")), seed=2)
     path = tmp_path / "sam_pretrain_vit_tiny.pth"
     torch.save(focsam_layout(sam.state_dict()), path)  # flat, like samvit2mmclickseg.py
-    state, config, fmt = load_checkpoint(path)
-    assert fmt == "focsam" and config.refiner is None
-    assert config == dataclasses.replace(
-        sam_config("sam_tiny"), encoder_norm_eps=1e-5, preprocess="focsam"
-    )
+    custom = dataclasses.replace(sam_config("sam_tiny"), encoder_norm_eps=1e-5, preprocess="focsam")
+    state, config, fmt = load_checkpoint(path, architecture=custom)
+    assert fmt == "focsam" and config == custom
     assert_same_tensors(state, sam)
     # Named explicitly as plain SAM, the name's conventions win.
     assert steadysam.build_model("sam_tiny", checkpoint=path).config.preprocess == "sam"
@@ -312,12 +318,14 @@ def test_infer_custom_architecture(tmp_path):
     assert infer_config(model.state_dict()) == CUSTOM
     path = tmp_path / "custom.pth"
     torch.save({"state_dict": focsam_layout(model.state_dict())}, path)
-    state, config, fmt = load_checkpoint(path)
+    with pytest.raises(AmbiguousArchitecture, match="refiner.num_heads, refiner.window_size"):
+        load_checkpoint(path)
+    state, config, fmt = load_checkpoint(path, architecture=CUSTOM)
     assert (config, fmt) == (CUSTOM, "focsam")
     assert_same_tensors(state, model)
-    with pytest.raises(CheckpointError, match="encoder_embed_dim: checkpoint 96, focsam_tiny 64"):
+    with pytest.raises(CheckpointError, match="encoder_embed_dim: checkpoint 96, 'focsam_tiny' 64"):
         steadysam.build_model("focsam_tiny", checkpoint=path)
-    with pytest.raises(CheckpointError, match="refiner: checkpoint True, sam_tiny False"):
+    with pytest.raises(CheckpointError, match="refiner: checkpoint has one, 'sam_tiny' has none"):
         steadysam.build_model("sam_tiny", checkpoint=path)
 
 
@@ -325,9 +333,82 @@ def test_info_summary(tmp_path, focsam_tiny):
     path = tmp_path / "f.pth"
     write_focsam_mmengine(focsam_tiny, path)
     info = describe_checkpoint(path)
+    assert info["open_fields"] == [
+        "encoder_norm_eps",
+        "preprocess",
+        "decoder_num_heads",
+        "refiner.num_heads",
+        "refiner.window_size",
+    ]
     assert info["format"] == "focsam" and info["refiner"] and info["preprocess"] == "focsam"
     assert info["matches"] == ["focsam_tiny"]
     counts = {
         p: sum(t.numel() for t in getattr(focsam_tiny, p).parameters()) for p in info["parameters"]
     }
     assert info["parameters"] == counts
+
+
+# -- never a guessed architecture ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name, fmt", [("sam_vit_b", "sam"), ("sam_vit_h", "sam"), ("focsam_vit_h", "focsam")]
+)
+def test_published_sizes_in_official_layouts_are_determined(name, fmt):
+    """Official files of published models: their code's conventions are facts, not guesses."""
+    config = sam_config(name)
+    assert undetermined_fields(config, fmt, stored=False) == ()
+    # the same shapes in our layout without a stored config: anything could have made them
+    assert "decoder_num_heads" in undetermined_fields(config, "steadysam", stored=False)
+    with_plugin = dataclasses.replace(config, plugin=PluginConfig())
+    assert undetermined_fields(with_plugin, fmt, stored=False) == (
+        "plugin.pe_mode",
+        "plugin.drp_token",
+        "plugin.sample_source",
+        "plugin.offset_range",
+    )
+
+
+HIDDEN = dataclasses.replace(
+    sam_config("focsam_tiny"),
+    decoder_num_heads=4,
+    encoder_norm_eps=1e-6,
+    preprocess="sam",
+    refiner=RefinerConfig(depth=2, num_heads=4, window_size=4),
+)
+
+
+@pytest.mark.parametrize("layout", ["ours", "focsam", "sam-without-refiner"])
+def test_bare_state_dicts_name_the_fields_they_leave_open(tmp_path, layout):
+    """A plain torch.save(state_dict) of a model whose hidden fields differ from every rule:
+    loading it alone names the open fields instead of building the wrong network; the right
+    architecture given explicitly loads it exactly."""
+    config = (
+        HIDDEN if layout != "sam-without-refiner" else dataclasses.replace(HIDDEN, refiner=None)
+    )
+    model = randomize_(build_sam(config), seed=5)
+    state = model.state_dict()
+    path = tmp_path / "bare.pth"
+    torch.save(focsam_layout(state) if layout == "focsam" else state, path)
+    with pytest.raises(AmbiguousArchitecture) as info:
+        steadysam.build_model(checkpoint=path)
+    msg = str(info.value)
+    assert "decoder_num_heads" in msg and "encoder_norm_eps" in msg and "--model NAME" in msg
+    assert ("refiner.window_size" in msg) == (config.refiner is not None)
+    _, got, _ = load_checkpoint(path, architecture=config)
+    assert got == config
+
+
+def test_training_checkpoints_store_their_config(tmp_path):
+    """The project's training checkpoints ({"model": ..., "config": ...}) load exactly, hidden
+    fields included, with no name."""
+    model = randomize_(build_sam(HIDDEN), seed=6)
+    path = tmp_path / "iter_0000010.pt"
+    torch.save(
+        {"iteration": 10, "model": model.state_dict(), "config": HIDDEN.to_dict(), "rng": {}},
+        path,
+    )
+    loaded = steadysam.build_model(checkpoint=path)
+    assert loaded.config == HIDDEN
+    assert_same_tensors(loaded.state_dict(), model)
+    # A name that disagrees with a stored hidden field is refused, not obeyed.
+    with pytest.raises(CheckpointError, match="decoder_num_heads: checkpoint 4, 'focsam_tiny' 8"):
+        steadysam.build_model("focsam_tiny", checkpoint=path)

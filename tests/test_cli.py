@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_ROOT, randomize_
+from conftest import DATA_ROOT, randomize_, serve_weights
 from PIL import Image
 from test_checkpoints import write_focsam_mmengine
 
 from steadysam import __version__
 from steadysam.cli import main
-from steadysam.models.build import build_sam, sam_config
-from steadysam.weights import hub
+from steadysam.models.build import build_sam
 from steadysam.weights.files import save_checkpoint
+from steadysam.weights.registry import sam_config
 
 
 @pytest.fixture(scope="module")
@@ -183,15 +182,12 @@ def test_info_errors(capsys, tmp_path):
 
 
 def test_download(capsys, monkeypatch, tmp_path):
-    src = tmp_path / "sam_vit_b_01ec64.pth"
-    src.write_bytes(b"weights")
-    entry = hub.HubEntry(src.as_uri(), hashlib.sha256(b"weights").hexdigest())
-    monkeypatch.setitem(hub.HUB, "sam_vit_b", entry)
+    serve_weights(monkeypatch, tmp_path, "sam_vit_b", b"weights")
     code, out, err = run(capsys, "download", "sam_vit_b", "--dir", tmp_path / "d", "--quiet")
     assert code == 0, err
     assert Path(out.strip()) == tmp_path / "d" / "sam_vit_b_01ec64.pth"
     code, _, err = run(capsys, "download", "focsam_vit_h")
-    assert code == 1 and "drive.google.com" in err and "iter_160000.pth" in err
+    assert code == 2 and "drive.google.com" in err and "iter_160000.pth" in err
     code, _, err = run(capsys, "download", "sam_tiny")
     assert code == 2 and "no published weights" in err
 

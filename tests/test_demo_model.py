@@ -8,14 +8,15 @@ from PIL import Image
 from steadysam import Predictor, build_model
 from steadysam.clicks import Clicker
 from steadysam.prompts import mask_box
-from steadysam.weights.factory import DEMO_MODELS, DEMO_PLUGIN
+from steadysam.weights.registry import REGISTRY, list_models
 
 
 def test_demo_weights_are_shipped_and_small():
-    for name, path in DEMO_MODELS.items():
-        assert path.is_file(), name
-        assert path.stat().st_size <= 25 * 1024 * 1024, name
-    assert DEMO_PLUGIN.is_file() and DEMO_PLUGIN.stat().st_size < 1024 * 1024
+    for name in list_models("shipped"):
+        record = REGISTRY[name]
+        for path, limit in ((record.shipped_path(), 25), (record.shipped_plugin_path(), 1)):
+            if path is not None:
+                assert path.is_file() and path.stat().st_size <= limit * 1024 * 1024, name
 
 
 def test_stable_demos_are_the_demos_with_the_shipped_plugin():
@@ -52,7 +53,9 @@ def test_demo_model_segments_a_real_object(data_root):
         pred = obj.click(click.x, click.y, click.positive)
         ious.append((pred & gt).sum() / (pred | gt).sum())
     assert obj.refined
-    assert max(ious) > 0.5, ious
+    # measured: 0.50 after the first click, 0.64 at best (an untrained or broken model stays
+    # flat or gets worse)
+    assert max(ious[1:]) > ious[0] + 0.1, ious
 
 
 def _grabcut(data_root, stem="106024"):

@@ -107,22 +107,46 @@ def test_rel_pos_attention_chunks_and_window_groups(grad):
         assert q.grad is not None and q.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("grad", [False, True])
-def test_fused_linear_matches_composition(grad):
+def test_fused_linear_matches_composition():
     torch.manual_seed(0)
     x, w, b = torch.randn(2, 40, 24), torch.randn(36, 24), torch.randn(36)
     r = torch.randn(2, 40, 36)
-    if grad:
-        w.requires_grad_(True)
     lin = F.linear(x, w, b)
-    assert torch.allclose(fused_linear(x, w, b), lin, atol=1e-5)
-    for name, act in (("gelu", F.gelu), ("tanh", torch.tanh), ("relu", F.relu)):
-        assert torch.allclose(fused_linear(x, w, b, name), act(lin), atol=1e-5), name
-    assert torch.allclose(fused_linear(x, w, b, residual=r), r + lin, atol=1e-5)
-    assert torch.allclose(fused_linear(x, w, None), F.linear(x, w), atol=1e-5)
-    if grad:
-        fused_linear(x, w, b, "gelu").sum().backward()
-        assert w.grad is not None
+    with torch.no_grad():  # the fused inference path
+        assert torch.allclose(fused_linear(x, w, b), lin, atol=1e-5)
+        for name, act in (("gelu", F.gelu), ("tanh", torch.tanh), ("relu", F.relu)):
+            assert torch.allclose(fused_linear(x, w, b, name), act(lin), atol=1e-5), name
+        assert torch.allclose(fused_linear(x, w, b, residual=r), r + lin, atol=1e-5)
+        assert torch.allclose(fused_linear(x, w, None), F.linear(x, w), atol=1e-5)
+
+
+@pytest.mark.parametrize("trainable", ["x", "weight", "bias", "residual"])
+@pytest.mark.parametrize("activation", [None, "gelu", "residual"])
+def test_fused_linear_gradients_reach_every_trainable_input(trainable, activation):
+    """Under autograd every operand that requires grad gets the reference gradient, also when
+    it is the only one (a trainable bias on a frozen weight, a residual stream into a frozen
+    layer): the fused op has no backward, so it must not run then."""
+    g = torch.Generator().manual_seed(1)
+    x, w, b = torch.randn(2, 10, 8, generator=g), torch.randn(6, 8, generator=g), torch.randn(6)
+    r = torch.randn(2, 10, 6, generator=g)
+    operands = {"x": x, "weight": w, "bias": b, "residual": r}
+    if trainable == "residual" and activation != "residual":
+        pytest.skip("no residual operand without residual fusion")
+    grads = []
+    for fused in (True, False):
+        ops = {k: v.clone().requires_grad_(k == trainable) for k, v in operands.items()}
+        act = activation if activation != "residual" else None
+        res = ops["residual"] if activation == "residual" else None
+        if fused:
+            out = fused_linear(ops["x"], ops["weight"], ops["bias"], act, res)
+        else:
+            out = F.linear(ops["x"], ops["weight"], ops["bias"])
+            out = F.gelu(out) if act == "gelu" else out
+            out = out + res if res is not None else out
+        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        grads.append(ops[trainable].grad)
+    assert grads[0] is not None, f"{trainable} got no gradient"
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
 
 
 def test_mlp_block_with_relu_and_residual():

@@ -35,7 +35,7 @@ def test_chunked_rel_pos_attention_equals_one_shot():
 
 
 def test_image_encoder_is_trainable():
-    model = randomize_(build_model("sam_tiny"), std=0.05)
+    model = randomize_(build_model("sam_tiny", random_init=True), std=0.05)
     model.train()
     x = torch.randn(2, 3, 256, 256)
     model.image_encoder(x).square().mean().backward()
@@ -44,7 +44,7 @@ def test_image_encoder_is_trainable():
 
 
 def test_dense_pe_cache_follows_weight_updates():
-    model = build_model("sam_tiny")
+    model = build_model("sam_tiny", random_init=True)
     pe = model.prompt_encoder
     with torch.inference_mode():
         first = pe.get_dense_pe()

@@ -1,24 +1,33 @@
-"""steadysam: Segment Anything, stable under interaction (SAM, FocSAM, Stable-SAM)."""
+"""steadysam: Segment Anything, stable under interaction (SAM, FocSAM, Stable-SAM).
 
-from .models.build import MODEL_BUILDERS, MODEL_CONFIGS, build_sam
-from .models.config import RefinerConfig, SamConfig
-from .predictor import ObjectSession, Predictor
-from .weights.factory import build_model
-from .weights.files import CheckpointError, load_checkpoint, save_checkpoint
+The public names load on first use, so ``import steadysam`` (and ``steadysam --help``) does
+not import torch.
+"""
+
+from __future__ import annotations
+
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CheckpointError",
-    "load_checkpoint",
-    "save_checkpoint",
-    "MODEL_BUILDERS",
-    "MODEL_CONFIGS",
-    "ObjectSession",
-    "Predictor",
-    "RefinerConfig",
-    "SamConfig",
-    "build_model",
-    "build_sam",
-    "__version__",
-]
+# public name -> module that defines it
+_EXPORTS = {
+    "CheckpointError": "steadysam.weights.formats",
+    "build_model": "steadysam.weights.factory",
+    "load_checkpoint": "steadysam.weights.files",
+    "save_checkpoint": "steadysam.weights.files",
+    "list_models": "steadysam.weights.registry",
+    "model_record": "steadysam.weights.registry",
+    "sam_config": "steadysam.weights.registry",
+    "build_sam": "steadysam.models.build",
+    "PluginConfig": "steadysam.models.config",
+    "RefinerConfig": "steadysam.models.config",
+    "SamConfig": "steadysam.models.config",
+    "ObjectSession": "steadysam.predictor",
+    "Predictor": "steadysam.predictor",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

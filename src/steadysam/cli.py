@@ -14,15 +14,17 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from . import __version__
-from .atomic import atomic_path
+from .cli_common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_debug_arg,
+    add_model_args,
+    model_kwargs,
+)
 from .eval import cli as eval_cli
-from .memory import retain_freed_memory
 from .train import cli as train_cli
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 # -- argument types --------------------------------------------------------------------------
@@ -55,47 +57,31 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     return x0, y0, x1, y1
 
 
-def _write_png(path: Path, image: np.ndarray) -> None:
+def _write_png(path: Path, image) -> None:
     """Atomic PNG write (temporary file in the same folder + os.replace)."""
     from PIL import Image
+
+    from .atomic import atomic_path
 
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
 
 
 # -- subcommands -----------------------------------------------------------------------------
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model (default: the built-in demo model)")
-    g.add_argument("--model", help="registered model name, e.g. sam_vit_b, focsam_vit_h")
-    g.add_argument("--checkpoint", help="weights: official SAM/FocSAM .pth or .safetensors")
-    g.add_argument(
-        "--plugin",
-        metavar="FILE",
-        help="Stable-SAM plugin file (.safetensors, from RTS training) on top of the model",
-    )
-    g.add_argument("--pretrained", action="store_true", help="download --model's weights")
-    g.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="fully unpickle a .pth the safe loader refuses (runs code from the file)",
-    )
-
-
 def cmd_segment(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .predictor import Predictor
     from .preprocess import load_image
     from .weights.factory import build_model
 
+    from .eval.runner import check_device
+
     if not args.click and args.box is None:
         raise ValueError("give at least one --click X,Y[,+|-] or a --box X0,Y0,X1,Y1")
+    check_device(args.device)
     rgb = load_image(args.image)  # before the model: a bad image fails fast
-    model = build_model(
-        args.model,
-        args.checkpoint,
-        args.pretrained,
-        trusted=args.trust_checkpoint,
-        plugin=args.plugin,
-    )
+    model = build_model(**model_kwargs(args))
     if args.device:
         model = model.to(args.device)
     predictor = Predictor(model)
@@ -126,10 +112,80 @@ def cmd_download(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def model_info(name: str) -> dict:
+    """What ``steadysam info NAME`` shows about a registered name, as plain data."""
+    from .weights import hub
+    from .weights.files import describe, parameter_counts
+    from .weights.registry import model_record
+
+    record = model_record(name)
+    config = record.config()
+    info = {
+        "name": name,
+        "summary": record.summary,
+        "weights": record.weights,
+        "architecture": describe(config),
+        "config": config.to_dict(),
+        "parameters": parameter_counts(config),
+    }
+    if record.url:
+        info.update(url=record.url, sha256=record.sha256)
+    if record.cache_name:
+        path = hub.weights_path(name)
+        info.update(cache_path=str(path), cached=path.is_file())
+    for key, path in (("file", record.shipped_path()), ("plugin", record.shipped_plugin_path())):
+        if path is not None:
+            info[key] = str(path)
+    if record.plugin_of:
+        info["plugin_of"] = record.plugin_of
+    return info
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .weights.registry import REGISTRY
+
+    rows = [(r.name, r.weights, r.summary) for r in REGISTRY.values()]
+    if args.json:
+        keys = ("name", "weights", "summary")
+        print(json.dumps([dict(zip(keys, r, strict=True)) for r in rows], indent=2))
+        return EXIT_OK
+    print(f"{'name':<22}{'weights':<11}summary")
+    for name, weights, summary in rows:
+        print(f"{name:<22}{weights:<11}{summary}")
+    print(
+        "\nweights: published = downloadable (`steadysam download NAME`), manual = by hand "
+        "(`steadysam download NAME` says how), shipped = in the package, plugin = a base "
+        "model's weights + a plugin file (--plugin), none = architecture only (--checkpoint "
+        "or --random-init)"
+    )
+    return EXIT_OK
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .weights.files import describe_checkpoint
+    from .weights.registry import REGISTRY
 
-    info = describe_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
+    target = args.target
+    if target in REGISTRY and not Path(target).exists():
+        info = model_info(target)
+        if args.json:
+            print(json.dumps(info, indent=2))
+            return EXIT_OK
+        print(f"model:         {info['name']} ({info['summary']})")
+        print(f"weights:       {info['weights']}")
+        for key in ("url", "sha256", "file", "plugin", "plugin_of"):
+            if key in info:
+                print(f"{key + ':':<15}{info[key]}")
+        if "cache_path" in info:
+            state = "present" if info["cached"] else "not downloaded"
+            print(f"cache:         {info['cache_path']} ({state})")
+        print(f"architecture:  {info['architecture']}")
+        print("parameters:")
+        for part, n in info["parameters"].items():
+            print(f"  {part:<15}{n:>14,}")
+        print(f"  {'total':<15}{sum(info['parameters'].values()):>14,}")
+        return EXIT_OK
+    info = describe_checkpoint(target, trusted=args.trust_checkpoint)
     if args.json:
         print(json.dumps(info, indent=2))
         return EXIT_OK
@@ -149,6 +205,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     plugin = info["config"]["plugin"]
     print(f"plugin:        {'Stable-SAM, sites ' + str(plugin['sites']) if plugin else 'no'}")
     print(f"preprocessing: {info['preprocess']} (encoder LayerNorm eps {info['encoder_norm_eps']})")
+    if info["open_fields"]:
+        print(
+            f"undetermined:  {', '.join(info['open_fields'])} (the file stores no config and "
+            "these are invisible in shapes: load it with --model NAME)"
+        )
     print(f"tensors:       {info['tensors']} ({', '.join(info['dtypes'])})")
     print("parameters:")
     for part, n in info["parameters"].items():
@@ -165,11 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"steadysam {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    # --debug is also accepted after the subcommand; SUPPRESS keeps the top-level value.
+    # --debug is also accepted after the subcommand.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
-    )
+    add_debug_arg(common)
 
     p = sub.add_parser(
         "segment",
@@ -178,11 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Applies the box (if any) and then the clicks, in order, to one object "
         "(FocSAM protocol: previous logits as mask prompt, refiner once at the 2nd click) and "
         "writes the final mask as a 0/255 PNG of the image's size.",
-        epilog="example: steadysam segment cat.jpg --model sam_vit_b --pretrained "
+        epilog="example: steadysam segment cat.jpg --model sam_vit_b --download "
         "--click 320,240 --click 100,50,- --out cat_mask.png",
     )
     p.add_argument("image", help="image file")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument(
         "--click",
         action="append",
@@ -216,14 +275,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "info",
         parents=[common],
-        help="describe a checkpoint: format, architecture, parameters",
-        description="Reads a checkpoint strictly and prints its format, the inferred "
-        "architecture, parameter counts per part, refiner presence and preprocessing.",
+        help="describe a model name or a checkpoint: weights, architecture, parameters",
+        description="For a registered name: where its weights come from (URL, sha256, cache "
+        "state, shipped file) and its architecture. For a file: reads it strictly and prints "
+        "its format, the architecture, parameter counts per part, refiner / plugin presence, "
+        "preprocessing and any fields the file leaves undetermined.",
     )
-    p.add_argument("checkpoint", help="checkpoint file")
+    p.add_argument("target", metavar="NAME|FILE", help="registered model name or checkpoint file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--trust-checkpoint", action="store_true", help="see segment --help")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "models",
+        parents=[common],
+        help="list the registered model names and where their weights come from",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_models)
 
     eval_cli.add_parsers(sub)
     train_cli.add_parsers(sub)
@@ -233,8 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _exit_code(error: BaseException) -> int:
     # Bad input (ImageError, CheckpointError are ValueErrors; unknown names are KeyErrors;
     # missing files are FileNotFoundErrors) is a usage problem; the rest is a runtime failure.
-    from .weights.hub import HubError
+    from .weights.hub import HubError, ManualDownloadRequired, WeightsNotCached
 
+    if isinstance(error, (WeightsNotCached, ManualDownloadRequired)):
+        return EXIT_USAGE  # the user must fetch the weights (or name others) first
     if isinstance(error, HubError):
         return EXIT_FAILURE
     if isinstance(error, (ValueError, KeyError, FileNotFoundError, IsADirectoryError)):
@@ -250,7 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse exits on --help, --version and usage errors
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     func: Callable[[argparse.Namespace], int] = args.func
-    retain_freed_memory()
+    if args.command not in ("models", "download", "report"):
+        from .memory import retain_freed_memory
+
+        retain_freed_memory()
     try:
         return int(func(args))
     except KeyboardInterrupt:

@@ -1,14 +1,13 @@
-"""Builders: one function per named architecture and a plain name -> builder table."""
+"""Builders: a model from a :class:`SamConfig`, and the architecture presets the model registry
+(:mod:`steadysam.weights.registry`) names."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from functools import partial
 
 import torch.nn as nn
 
-from .config import PluginConfig, RefinerConfig, SamConfig
+from .config import PluginConfig, SamConfig
 from .focus_refiner import FocusRefiner
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
@@ -114,120 +113,6 @@ VIT_TINY = dict(
     decoder_mlp_dim=128,
     iou_head_hidden_dim=64,
 )
-# FocSAM's ViT keeps nn.LayerNorm's default eps and reads BGR, /32-padded images (spec §2.1, §9).
+# FocSAM's ViT keeps nn.LayerNorm's default eps and reads BGR, /32-padded images
+# (docs/focsam.md §2.1).
 FOCSAM = dict(encoder_norm_eps=1e-5, preprocess="focsam")
-
-
-def sam_config(name: str) -> SamConfig:
-    """The SamConfig of a named architecture."""
-    if name not in MODEL_CONFIGS:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(MODEL_CONFIGS))}")
-    return MODEL_CONFIGS[name]()
-
-
-MODEL_CONFIGS: dict[str, Callable[[], SamConfig]] = {
-    "sam_vit_b": partial(SamConfig, **VIT_B),
-    "sam_vit_l": partial(SamConfig, **VIT_L),
-    "sam_vit_h": partial(SamConfig, **VIT_H),
-    "focsam_vit_b": partial(SamConfig, **VIT_B, **FOCSAM, refiner=RefinerConfig()),
-    "focsam_vit_l": partial(SamConfig, **VIT_L, **FOCSAM, refiner=RefinerConfig()),
-    "focsam_vit_h": partial(SamConfig, **VIT_H, **FOCSAM, refiner=RefinerConfig()),
-    "sam_tiny": partial(SamConfig, **VIT_TINY),
-    "focsam_tiny": partial(
-        SamConfig, **VIT_TINY, **FOCSAM, refiner=RefinerConfig(depth=2, num_heads=2, window_size=8)
-    ),
-}
-# Stable-SAM: each architecture above with the plugin in its mask decoder (FocSAM + Stable-SAM:
-# the refiner on the embedding and the plugin in the decoder).
-PLUGIN_BASES: dict[str, str] = {f"stable_{name}": name for name in MODEL_CONFIGS}
-
-
-def _with_plugin(base: str) -> SamConfig:
-    return dataclasses.replace(sam_config(base), plugin=PluginConfig())
-
-
-MODEL_CONFIGS.update({name: partial(_with_plugin, base) for name, base in PLUGIN_BASES.items()})
-
-
-def sam_vit_b() -> Sam:
-    return build_sam(sam_config("sam_vit_b"))
-
-
-def sam_vit_l() -> Sam:
-    return build_sam(sam_config("sam_vit_l"))
-
-
-def sam_vit_h() -> Sam:
-    return build_sam(sam_config("sam_vit_h"))
-
-
-def focsam_vit_b() -> Sam:
-    return build_sam(sam_config("focsam_vit_b"))
-
-
-def focsam_vit_l() -> Sam:
-    return build_sam(sam_config("focsam_vit_l"))
-
-
-def focsam_vit_h() -> Sam:
-    return build_sam(sam_config("focsam_vit_h"))
-
-
-def sam_tiny() -> Sam:
-    return build_sam(sam_config("sam_tiny"))
-
-
-def focsam_tiny() -> Sam:
-    return build_sam(sam_config("focsam_tiny"))
-
-
-def stable_sam_vit_b() -> Sam:
-    return build_sam(sam_config("stable_sam_vit_b"))
-
-
-def stable_sam_vit_l() -> Sam:
-    return build_sam(sam_config("stable_sam_vit_l"))
-
-
-def stable_sam_vit_h() -> Sam:
-    return build_sam(sam_config("stable_sam_vit_h"))
-
-
-def stable_focsam_vit_b() -> Sam:
-    return build_sam(sam_config("stable_focsam_vit_b"))
-
-
-def stable_focsam_vit_l() -> Sam:
-    return build_sam(sam_config("stable_focsam_vit_l"))
-
-
-def stable_focsam_vit_h() -> Sam:
-    return build_sam(sam_config("stable_focsam_vit_h"))
-
-
-def stable_sam_tiny() -> Sam:
-    return build_sam(sam_config("stable_sam_tiny"))
-
-
-def stable_focsam_tiny() -> Sam:
-    return build_sam(sam_config("stable_focsam_tiny"))
-
-
-MODEL_BUILDERS: dict[str, Callable[[], Sam]] = {
-    "sam_vit_b": sam_vit_b,
-    "sam_vit_l": sam_vit_l,
-    "sam_vit_h": sam_vit_h,
-    "focsam_vit_b": focsam_vit_b,
-    "focsam_vit_l": focsam_vit_l,
-    "focsam_vit_h": focsam_vit_h,
-    "sam_tiny": sam_tiny,
-    "focsam_tiny": focsam_tiny,
-    "stable_sam_vit_b": stable_sam_vit_b,
-    "stable_sam_vit_l": stable_sam_vit_l,
-    "stable_sam_vit_h": stable_sam_vit_h,
-    "stable_focsam_vit_b": stable_focsam_vit_b,
-    "stable_focsam_vit_l": stable_focsam_vit_l,
-    "stable_focsam_vit_h": stable_focsam_vit_h,
-    "stable_sam_tiny": stable_sam_tiny,
-    "stable_focsam_tiny": stable_focsam_tiny,
-}

@@ -38,7 +38,10 @@ def fused_linear(
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not (
+            torch.is_grad_enabled()
+            and any(t is not None and t.requires_grad for t in (x, weight, bias, residual))
+        )
     ):
         # oneDNN takes a slow reference path (seconds) on strided operands: pass dense ones.
         x2, weight = x.reshape(-1, x.shape[-1]).contiguous(), weight.contiguous()
@@ -63,13 +66,31 @@ def fusable_activation(module: nn.Module) -> str | None:
 
 class MLPBlock(nn.Module):
     def __init__(self, embedding_dim: int, mlp_dim: int, act: type[nn.Module] = nn.GELU) -> None:
+        """
+        Two-layer MLP, Linear -> activation -> Linear, as in segment-anything (the ViT blocks'
+        MLP and the two-way transformer's MLP).
+
+        Arguments:
+          embedding_dim (int): the channel dimension of the input and the output
+          mlp_dim (int): the hidden channel dimension
+          act (type[nn.Module]): the activation class between the two layers (GELU in the ViT,
+            ReLU in the mask decoder's two-way transformer)
+        """
         super().__init__()
         self.lin1 = nn.Linear(embedding_dim, mlp_dim)
         self.lin2 = nn.Linear(mlp_dim, embedding_dim)
         self.act = act()
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """... x C -> ... x C, plus ``residual`` when given."""
+        """
+        Arguments:
+          x (torch.Tensor): ... x embedding_dim
+          residual (torch.Tensor or None): ... x embedding_dim, added to the output (fused into
+            the second matmul on the fast path)
+
+        Returns:
+          torch.Tensor: ... x embedding_dim
+        """
         act = fusable_activation(self.act)
         if act is not None:
             h = fused_linear(x, self.lin1.weight, self.lin1.bias, act)
@@ -85,12 +106,25 @@ class LayerNorm2d(nn.Module):
     H*W tokens of C channels, which is then a view instead of a transposing copy per click."""
 
     def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        """
+        Arguments:
+          num_channels (int): C, the size of the normalised channel axis (and of the learned
+            per-channel weight and bias)
+          eps (float): the value added to the variance for numerical stability
+        """
         super().__init__()
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Arguments:
+          x (torch.Tensor): B x C x H x W, any memory format
+
+        Returns:
+          torch.Tensor: B x C x H x W, normalised over C at every pixel, channels-last memory
+        """
         if x.is_contiguous(memory_format=torch.channels_last):
             y = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps)
             return y.permute(0, 3, 1, 2)

@@ -4,8 +4,15 @@
 see docs/training.md. Nothing in ``steadysam.eval`` or ``steadysam.models`` imports this package.
 """
 
-from .config import ConfigError, TrainConfig, load_config
-from .losses import normalized_focal_loss, point_loss
+from steadysam.lazy import lazy_exports
+
+_EXPORTS = {
+    "ConfigError": "steadysam.train.config",
+    "TrainConfig": "steadysam.train.config",
+    "load_config": "steadysam.train.config",
+    "normalized_focal_loss": "steadysam.train.losses",
+    "point_loss": "steadysam.train.losses",
+}
 
 __all__ = [
     "ConfigError",
@@ -17,7 +24,10 @@ __all__ = [
 ]
 
 
-def train(cfg: TrainConfig, resume: bool = True):
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
+
+
+def train(cfg, resume: bool = True):
     """Run or resume training (see :func:`steadysam.train.loop.train`)."""
     from .loop import train as _train
 

@@ -5,7 +5,7 @@ Three formats are read, detected automatically (:func:`detect_format`):
 ``sam``        official segment-anything ``.pth``: a flat state dict with ``image_encoder.``,
                ``prompt_encoder.``, ``mask_decoder.`` keys (also wrapped in ``model`` /
                ``state_dict``). Our key layout *is* this layout.
-``focsam``     official FocSAM files (spec §2.2, §2.3, §4.10): an mmengine dict whose
+``focsam``     official FocSAM files (docs/focsam.md §2.2, §2.3, §4.10): an mmengine dict whose
                ``state_dict`` uses ``backbone.`` / ``neck.`` (the prompt encoder) /
                ``decode_head.`` / ``refine_head.``; or the flat output of FocSAM's SAM converter
                (no ``refine_head.``: SAM weights in FocSAM layout). ``meta``, ``optimizer`` etc.
@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_path
-from ..models.build import MODEL_CONFIGS, attach_plugin, build_sam, sam_config
+from ..models.build import attach_plugin, build_sam
 from ..models.config import PluginConfig, SamConfig
 from ..models.sam import Sam
 from ..models.stable_plugin import is_plugin_key
@@ -53,6 +53,7 @@ from .formats import (
     unwrap_state_dict,
 )
 from .inference import infer_config
+from .registry import architecture_names, sam_config
 
 # Fields an architecture can be told apart by from tensor shapes alone (see infer_config).
 SHAPE_FIELDS = tuple(
@@ -61,9 +62,11 @@ SHAPE_FIELDS = tuple(
     decoder_depth decoder_mlp_dim num_multimask_outputs iou_head_depth iou_head_hidden_dim
     refiner.depth refiner.mlp_ratio plugin.sites plugin.drp_hidden plugin.kernel_size""".split()
 )
-# Architecture fields invisible in shapes; compared only against our own files' JSON config.
+# Architecture fields invisible in shapes. A file that stores its config fixes them; official
+# files imply their authors' conventions; anything else needs the caller to name them.
 HIDDEN_FIELDS = (
     "encoder_norm_eps",
+    "preprocess",
     "decoder_num_heads",
     "refiner.num_heads",
     "refiner.window_size",
@@ -94,23 +97,81 @@ def config_differences(a: SamConfig, b: SamConfig, names: Iterable[str]) -> list
     return [(n, _field(a, n), _field(b, n)) for n in names if _field(a, n) != _field(b, n)]
 
 
-def reconcile_config(name: str, inferred: SamConfig, fmt: str) -> SamConfig:
-    """The config for ``build_model(name, checkpoint)``: the name's architecture must equal the
-    checkpoint's. Fields invisible in shapes come from the name for official files (a name is an
-    explicit request, e.g. sam_vit_h conventions for SAM weights in FocSAM layout) and from the
-    file for our own files, whose JSON config is authoritative."""
-    named = sam_config(name)
-    checked = SHAPE_FIELDS + (HIDDEN_FIELDS if fmt == "steadysam" else ())
+# The published models whose authors' code fixes the hidden fields of their official layouts.
+OFFICIAL = {"sam": ("sam_vit_b", "sam_vit_l", "sam_vit_h"), "focsam": ("focsam_vit_h",)}
+
+
+def undetermined_fields(config: SamConfig, fmt: str, stored: bool) -> tuple[str, ...]:
+    """The hidden fields of ``config`` (inferred from a file) that the file does not determine.
+
+    A stored config determines everything. A file in an official layout with the shapes of a
+    published model is that model: segment-anything builds SAM ViT-B/L/H with 8 decoder heads,
+    LayerNorm eps 1e-6 and its preprocessing; FocSAM's code ViT-H with eps 1e-5, its
+    preprocessing and a refiner of 8 heads, window 16 (FocSAM's SAM converter writes SAM
+    ViT-B/L/H in its layout: FocSAM's conventions, no refiner). Neither defines the Stable-SAM
+    plugin. Anything else (other sizes, our layout without a stored config: ``torch.save`` of a
+    steadysam model) may come from any config: every hidden field of it is open."""
+    if stored:
+        return ()
+    applicable = [
+        f for f in HIDDEN_FIELDS if "." not in f or getattr(config, f.split(".")[0]) is not None
+    ]
+    published = OFFICIAL.get(fmt, ())
+    if fmt == "focsam" and config.refiner is None:
+        published = OFFICIAL["sam"]
+    bare = dataclasses.replace(config, plugin=None)
+    if any(not config_differences(bare, sam_config(n), SHAPE_FIELDS) for n in published):
+        return tuple(f for f in applicable if f.startswith("plugin."))
+    return tuple(applicable)
+
+
+def reconcile_config(
+    named: SamConfig, inferred: SamConfig, fmt: str, open_fields: tuple[str, ...], label: str
+) -> SamConfig:
+    """The config for loading a file as the architecture ``named``: every field the file
+    determines must agree (shapes always; hidden fields when the file stores its config). For
+    official files a name overrides the format's conventions (e.g. sam_vit_h conventions for SAM
+    weights in FocSAM layout); fields the file leaves open come from the name."""
+    stored = fmt == "steadysam" and not open_fields
+    checked = SHAPE_FIELDS + (HIDDEN_FIELDS if stored else ())
     diff = config_differences(inferred, named, checked)
     if diff:
-        what = "; ".join(f"{f}: checkpoint {x!r}, {name} {y!r}" for f, x, y in diff)
-        raise CheckpointError(f"checkpoint architecture differs from {name!r}: {what}")
-    return inferred if fmt == "steadysam" else named
+        has = {True: "has one", False: "has none"}
+        what = "; ".join(
+            f"{f}: checkpoint {has[x]}, {label} {has[y]}"
+            if f in ("refiner", "plugin")
+            else f"{f}: checkpoint {x!r}, {label} {y!r}"
+            for f, x, y in diff
+        )
+        if diff[0][0] == "plugin" and not diff[0][1]:
+            what += " (a plugin file goes on top: plugin=FILE, CLI --plugin FILE)"
+        raise CheckpointError(f"checkpoint architecture differs from {label}: {what}")
+    return inferred if stored else named
+
+
+class AmbiguousArchitecture(CheckpointError):
+    """A file whose architecture is not fully determined by its tensors and metadata."""
+
+
+def _ambiguous(path: str, config: SamConfig, open_fields: tuple[str, ...]) -> CheckpointError:
+    names = matching_names(config)
+    hint = f"; registered names with its shapes: {', '.join(names)}" if names else ""
+    return AmbiguousArchitecture(
+        f"cannot tell the architecture of {path!r}: it stores no config and "
+        f"{', '.join(open_fields)} cannot be read from tensor shapes. Name the architecture it "
+        f"was built with: --model NAME (Python: build_model(NAME, checkpoint=PATH), or "
+        f"load_checkpoint(PATH, architecture=NAME or SamConfig)){hint}. Files written by "
+        "steadysam (save_checkpoint, training) store their config."
+    )
 
 
 def matching_names(config: SamConfig) -> list[str]:
     """Registered model names whose shape-visible architecture equals ``config``."""
-    return [n for n in MODEL_CONFIGS if not config_differences(config, sam_config(n), SHAPE_FIELDS)]
+    return [
+        n
+        for n in architecture_names()
+        if not config_differences(config, sam_config(n), SHAPE_FIELDS)
+    ]
 
 
 def describe(config: SamConfig) -> str:
@@ -298,27 +359,80 @@ def read_checkpoint(
         ) from e
 
 
-def load_checkpoint(
-    path: str | os.PathLike, trusted: bool = False
-) -> tuple[dict[str, torch.Tensor], SamConfig, str]:
-    """(state dict in our key layout, its architecture, format) of a checkpoint file, checked
-    strictly against the architecture. ``trusted`` allows full unpickling of ``.pth`` files."""
+def _stored_config(raw: Any, metadata: Mapping[str, str] | None, path: str) -> SamConfig | None:
+    """The config a file stores: safetensors metadata (save_checkpoint) or the ``config`` entry
+    beside ``model`` in a training checkpoint; None when it stores none."""
+    text = metadata.get(CONFIG_METADATA_KEY) if metadata else None
+    entry = raw.get("config") if isinstance(raw, Mapping) and "model" in raw else None
+    if not isinstance(entry, Mapping) or "encoder_embed_dim" not in entry:
+        entry = None  # training checkpoints from before they stored the model's config
+    if text is None and entry is None:
+        return None
+    try:
+        return SamConfig.from_dict(json.loads(text) if text is not None else dict(entry))
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{path!r}: invalid stored config: {e}") from e
+
+
+def stored_config(path: str | os.PathLike) -> SamConfig:
+    """The config stored in a steadysam ``.safetensors`` file, read from its header only."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata()
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"cannot read {str(path)!r}: {e}") from e
+    config = _stored_config(None, metadata, str(path))
+    if config is None:
+        raise CheckpointError(f"{str(path)!r} stores no steadysam config")
+    return config
+
+
+def _read_weights(path: str | os.PathLike, trusted: bool) -> tuple:
+    """(state in our layout, config, format, fields left open, our key -> file key)."""
     raw, metadata = read_checkpoint(path, trusted)
     if metadata and PLUGIN_METADATA_KEY in metadata:
         raise CheckpointError(
-            f"{str(path)!r} is a Stable-SAM plugin file (plugin weights only): load it on top of "
-            "SAM / FocSAM weights with plugin=PATH (CLI: --plugin PATH)"
+            f"{str(path)!r} is a Stable-SAM plugin file (plugin weights only): load it on top "
+            "of SAM / FocSAM weights with plugin=PATH (CLI: --plugin PATH)"
         )
     fmt = detect_format(raw, metadata)
     state, origin = to_model_layout(raw, fmt)
-    if metadata and CONFIG_METADATA_KEY in metadata:
-        try:
-            config = SamConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
-        except (ValueError, TypeError) as e:
-            raise CheckpointError(f"{str(path)!r}: invalid config in metadata: {e}") from e
-    else:
-        config = infer_config(state, fmt)
-    check_state_dict(state, config, fmt, origin, source=f"checkpoint {str(path)!r}")
+    stored = _stored_config(raw, metadata, str(path))
+    if stored is not None:
+        return state, stored, "steadysam", (), origin
+    config = infer_config(state, fmt)
+    return state, config, fmt, undetermined_fields(config, fmt, stored=False), origin
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    trusted: bool = False,
+    architecture: str | SamConfig | None = None,
+) -> tuple[dict[str, torch.Tensor], SamConfig, str]:
+    """(state dict in our key layout, its architecture, format) of a checkpoint file, checked
+    strictly against the architecture.
+
+    Arguments:
+        path: an official SAM / FocSAM ``.pth``, a steadysam ``.safetensors`` or training
+            checkpoint, or a bare ``torch.save(state_dict)``.
+        trusted: allow full unpickling of ``.pth`` files the safe loader refuses.
+        architecture: what the caller means to load (a registered name or a SamConfig). The
+            file must agree with it in every field the file determines; it supplies the fields
+            the file leaves open. Without it, a file that leaves fields open (no stored config,
+            settings invisible in tensor shapes) is an :class:`AmbiguousArchitecture` error
+            naming them: the architecture is never guessed.
+    """
+    state, config, fmt, open_fields, origin = _read_weights(path, trusted)
+    label = str(path)
+    if architecture is not None:
+        named = sam_config(architecture) if isinstance(architecture, str) else architecture
+        name = repr(architecture) if isinstance(architecture, str) else "the given SamConfig"
+        config = reconcile_config(named, config, fmt, open_fields, name)
+    check_state_dict(state, config, fmt, origin, source=f"checkpoint {label!r}")
+    if architecture is None and open_fields:  # after the key check: broken files say so first
+        raise _ambiguous(label, config, open_fields)
     return state, config, fmt
 
 
@@ -442,13 +556,15 @@ def describe_checkpoint(path: str | os.PathLike, trusted: bool = False) -> dict[
             "total_parameters": sum(v.numel() for v in pstate.values()),
             "dtypes": sorted({str(v.dtype).replace("torch.", "") for v in pstate.values()}),
         }
-    state, config, fmt = load_checkpoint(path, trusted)
+    state, config, fmt, open_fields, origin = _read_weights(path, trusted)
+    check_state_dict(state, config, fmt, origin, source=f"checkpoint {str(path)!r}")
     counts = parameter_counts(config)
     return {
         "path": str(path),
         "format": fmt,
         "summary": describe(config),
         "matches": matching_names(config),
+        "open_fields": list(open_fields),
         "config": config.to_dict(),
         "parameters": counts,
         "total_parameters": sum(counts.values()),

@@ -1,4 +1,4 @@
-"""Published weights: where they live, their checksums, and a verified, cached download.
+"""Published weights: the cache, and verified downloads of the files the registry names.
 
 Files are cached in ``$STEADYSAM_HOME`` (default ``~/.cache/steadysam``) under their published
 file names, written atomically (temporary file + ``os.replace``) only after the sha256 matched.
@@ -12,62 +12,13 @@ import json
 import os
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from ..atomic import atomic_path
 from .digest import file_sha256
-
-
-@dataclass(frozen=True)
-class HubEntry:
-    """One downloadable checkpoint."""
-
-    url: str
-    sha256: str
-
-    @property
-    def filename(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
-
-
-# Official SAM checkpoints (github.com/facebookresearch/segment-anything#model-checkpoints).
-# sha256 values as pinned by micro-sam (micro_sam/util.py, verified there by pooch on every
-# download) and independently by many other projects. Note: the hex suffix in the file names is
-# the start of the files' MD5 (e.g. 4b8939a8...), not of their sha256.
-HUB: dict[str, HubEntry] = {
-    "sam_vit_h": HubEntry(
-        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
-        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
-    ),
-    "sam_vit_l": HubEntry(
-        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
-        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
-    ),
-    "sam_vit_b": HubEntry(
-        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
-        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
-    ),
-}
-
-FOCSAM_DRIVE_URL = "https://drive.google.com/file/d/1VOeMkY9LovfWYi66JMR8q79gFiC4n3Az/view"
-
-# Weights that cannot be fetched by a script (a Google Drive zip, per the official FocSAM README
-# at github.com/YouHuang67/focsam): how to get them by hand.
-MANUAL_DOWNLOADS: dict[str, str] = {
-    "focsam_vit_h": f"""\
-FocSAM-ViT-H weights are published only as a Google Drive zip (see the README of
-github.com/YouHuang67/focsam, "FocSAM Pre-trained Weights"); they cannot be downloaded
-automatically. By hand:
-  1. open {FOCSAM_DRIVE_URL} in a browser and download the zip;
-  2. unzip it; it contains iter_160000.pth (an mmengine checkpoint);
-  3. pass that file directly, no conversion needed:
-       steadysam segment IMAGE --checkpoint /path/to/iter_160000.pth --click X,Y ...
-       build_model("focsam_vit_h", checkpoint="/path/to/iter_160000.pth")
-""",
-}
+from .registry import ModelRecord, list_models, model_record
 
 # Indirection so tests can serve files without a network.
 _urlopen = urllib.request.urlopen
@@ -83,25 +34,77 @@ class ManualDownloadRequired(HubError):
     """Weights that must be downloaded by hand; the message says how."""
 
 
+class WeightsNotCached(HubError):
+    """Published weights that are not in the cache yet; the message says how to get them."""
+
+
+class NoPublishedWeights(ValueError):
+    """A name without trained weights (an architecture only): give a checkpoint or ask for
+    random initialisation."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"{name} has no published weights: pass its weights with --checkpoint PATH "
+            f"(Python: build_model({name!r}, checkpoint=PATH)), or --random-init "
+            "(random_init=True) for a randomly initialised network"
+        )
+
+
 def cache_dir() -> Path:
     """``$STEADYSAM_HOME`` or ``~/.cache/steadysam``."""
     return Path(os.environ.get("STEADYSAM_HOME") or Path.home() / ".cache" / "steadysam")
 
 
-def hub_entry(name: str) -> HubEntry:
-    """The entry of ``name``; :class:`ManualDownloadRequired` for FocSAM, ValueError for names
-    without published weights."""
-    if name in HUB:
-        return HUB[name]
-    if name in MANUAL_DOWNLOADS:
-        raise ManualDownloadRequired(MANUAL_DOWNLOADS[name])
-    known = ", ".join(sorted(HUB) + sorted(MANUAL_DOWNLOADS))
-    raise ValueError(f"no published weights for {name!r}; available: {known}")
+def _published(name: str) -> ModelRecord:
+    """The record of ``name`` if its weights can be downloaded; otherwise the error that says
+    what to do instead."""
+    record = model_record(name)
+    if record.weights == "published":
+        return record
+    if record.weights == "manual":
+        raise ManualDownloadRequired(record.manual.format(cache=cache_dir() / record.cache_name))
+    if record.weights == "shipped":
+        raise ValueError(f"{name} ships with steadysam: nothing to download, use --model {name}")
+    if record.weights == "plugin":
+        raise ValueError(
+            f"no published weights exist for {name} (Stable-SAM's authors released none): its "
+            f"weights are {record.plugin_of}'s plus a plugin file trained with RTS "
+            "(configs/stablesam_rts.yaml); download the base and pass --plugin FILE"
+        )
+    known = ", ".join(list_models("published") + list_models("manual"))
+    raise ValueError(f"{name} has no published weights; downloadable: {known}")
 
 
 def weights_path(name: str, directory: str | os.PathLike | None = None) -> Path:
-    """Where ``name``'s file is (or would be) cached."""
-    return Path(directory or cache_dir()) / hub_entry(name).filename
+    """Where ``name``'s published (or manually downloaded) file is, or would be, cached."""
+    record = model_record(name)
+    if record.cache_name is None:
+        _published(name)  # raises the error that explains
+    return Path(directory or cache_dir()) / record.cache_name
+
+
+def cached_weights(name: str, fetch: bool = False, progress: bool = True) -> Path:
+    """The file of ``name``'s trained weights: from the cache (verified), downloaded first when
+    ``fetch`` is set, else an error saying how to get it."""
+    record = model_record(name)
+    if record.weights == "manual":
+        path = weights_path(name)
+        if path.is_file():
+            return path
+        raise ManualDownloadRequired(record.manual.format(cache=path))
+    if record.weights == "none":
+        raise NoPublishedWeights(name)
+    if record.weights != "published":
+        _published(name)  # raises with advice (shipped and plugin names)
+    path = weights_path(name)
+    if path.is_file() or fetch:
+        return download(name, progress=progress)
+    raise WeightsNotCached(
+        f"{name}'s published weights are not in the cache ({path}): run `steadysam download "
+        f"{name}` (Python: build_model({name!r}, download=True)), or place {record.url} there, "
+        f"or pass the file with --checkpoint PATH. For a randomly initialised {name}, pass "
+        "--random-init (Python: random_init=True)"
+    )
 
 
 def _stamp_path(path: Path) -> Path:
@@ -131,9 +134,8 @@ def _verified(path: Path, sha256: str, progress: bool) -> bool:
 
 def download(name: str, directory: str | os.PathLike | None = None, progress: bool = True) -> Path:
     """Path of ``name``'s verified weights file, downloading it first if it is not cached."""
-    entry = hub_entry(name)
-    folder = Path(directory or cache_dir())
-    dest = folder / entry.filename
+    entry = _published(name)
+    dest = weights_path(name, directory)
     if dest.is_file():
         if _verified(dest, entry.sha256, progress):
             return dest
@@ -155,7 +157,7 @@ def download(name: str, directory: str | os.PathLike | None = None, progress: bo
                     total=int(response.headers.get("Content-Length") or 0) or None,
                     unit="B",
                     unit_scale=True,
-                    desc=entry.filename,
+                    desc=entry.cache_name,
                     disable=not progress,
                 ) as bar,
             ):
@@ -175,7 +177,7 @@ def download(name: str, directory: str | os.PathLike | None = None, progress: bo
     return dest
 
 
-def _offline_message(name: str, entry: HubEntry, dest: Path, error: BaseException) -> str:
+def _offline_message(name: str, entry: ModelRecord, dest: Path, error: BaseException) -> str:
     reason = getattr(error, "reason", None) or error
     return (
         f"cannot download {name} from {entry.url} ({reason}). Without network access, download "
@@ -185,13 +187,12 @@ def _offline_message(name: str, entry: HubEntry, dest: Path, error: BaseExceptio
 
 
 __all__ = [
-    "HUB",
-    "HubEntry",
     "HubError",
-    "MANUAL_DOWNLOADS",
     "ManualDownloadRequired",
+    "NoPublishedWeights",
+    "WeightsNotCached",
     "cache_dir",
+    "cached_weights",
     "download",
-    "hub_entry",
     "weights_path",
 ]

@@ -34,7 +34,7 @@ def infer_config(state_dict: Mapping[str, Any], format: str | None = None) -> Sa
     equals the whole grid is reported as global (the computation is identical).
 
     Conventions: FocSAM layout (or, for unknown provenance, a refiner present) gives LayerNorm eps
-    1e-5 and ``focsam`` preprocessing (spec §2.1, §9); plain SAM gives 1e-6 and ``sam``.
+    1e-5 and ``focsam`` preprocessing (docs/focsam.md §2.1, §1.1); plain SAM gives 1e-6 and ``sam``.
     """
     layout = detect_format(state_dict)
     fmt = format or layout
