@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import json
 
-from test_eval_support import DATA
+from test_eval_support import DATA, tiny_checkpoint, tiny_model
 
-import steadysam
 from steadysam.cli import main
 from steadysam.eval import EvalConfig, evaluate, read_records
+from steadysam.weights.digest import state_digest
 
 
 def test_focsam_tiny_on_two_grabcut_images(tmp_path):
     from steadysam.predictor import Predictor
 
-    predictor = Predictor(steadysam.build_model("focsam_tiny"), cache_dir=None)
+    model = tiny_model("focsam_tiny")
+    predictor = Predictor(model, cache_dir=None)
     cfg = EvalConfig(
         dataset="GrabCut",
         data_root=str(DATA),
@@ -35,12 +36,17 @@ def test_focsam_tiny_on_two_grabcut_images(tmp_path):
         assert r["clicks"][0][2] == 1  # the first click is always positive
         assert r["timing"]["encoder"] > 0 and r["timing"]["decoder"] > 0
         assert r["timing"]["refiner"] > 0  # focsam_tiny has a refiner; it runs at click 2
-    # The same through the CLI (builds the model itself), with the sam-best protocol.
+    # The weights' identity is recorded: the state digest of the predictor's model.
+    config = json.loads((tmp_path / "api" / "config.json").read_text())
+    assert config["kind"] == "eval"
+    assert config["config"]["weights_digest"] == state_digest(model) == s["weights_digest"]
+    # The same through the CLI (builds the model itself from a file), with sam-best.
     out = tmp_path / "cli"
+    ckpt = tiny_checkpoint(tmp_path / "sam_tiny.safetensors")
     argv = [
         "eval",
-        "--model",
-        "sam_tiny",
+        "--checkpoint",
+        str(ckpt),
         "--dataset",
         "GrabCut",
         "--data-root",
@@ -60,3 +66,4 @@ def test_focsam_tiny_on_two_grabcut_images(tmp_path):
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_samples"] == 2 and summary["protocol"] == "sam-best"
+    assert summary["weights_digest"] == state_digest(tiny_model("sam_tiny"))

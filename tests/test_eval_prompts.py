@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from test_eval_support import make_folder, strip_timing
+from test_eval_support import make_folder, strip_timing, tiny_checkpoint
 
 from steadysam.cli import main
-from steadysam.eval import EvalConfig, evaluate, report
+from steadysam.eval import EvalConfig, evaluate
 from steadysam.eval.datasets import load_dataset
 from steadysam.eval.metrics import (
     boundary_dilation,
@@ -23,6 +22,7 @@ from steadysam.eval.metrics import (
 )
 from steadysam.eval.prompt_report import read_prompt_records
 from steadysam.eval.prompt_runner import PromptEvalConfig, evaluate_prompts, object_prompts
+from steadysam.eval.report import report
 from steadysam.prompts import parse_settings
 
 # -- fakes --------------------------------------------------------------------------------------
@@ -265,10 +265,11 @@ def test_hq_sam_layouts_load(tmp_path):
 
 
 def _argv(out: Path, data_root: Path, model: str = "sam_tiny", *extra: str) -> list[str]:
+    """``model``: a registered name (random weights: --random-init) or a checkpoint file."""
+    net = ["--checkpoint", model] if Path(model).suffix else ["--model", model, "--random-init"]
     return [
         "eval-prompts",
-        "--model",
-        model,
+        *net,
         "--dataset",
         "GrabCut",
         "--data-root",
@@ -289,8 +290,9 @@ def _argv(out: Path, data_root: Path, model: str = "sam_tiny", *extra: str) -> l
 
 
 def test_cli_end_to_end_deterministic_across_runs_and_models(tmp_path, data_root, capsys):
-    torch.manual_seed(0)  # sam_tiny's random weights
-    assert main(_argv(tmp_path / "a", data_root)) == 0
+    sam = str(tiny_checkpoint(tmp_path / "sam_tiny.safetensors"))
+    focsam = str(tiny_checkpoint(tmp_path / "focsam_tiny.safetensors", "focsam_tiny"))
+    assert main(_argv(tmp_path / "a", data_root, sam)) == 0
     assert "points:3" in capsys.readouterr().out
     s = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert s["kind"] == "prompts" and s["num_samples"] == 2 and s["num_errors"] == 0
@@ -302,14 +304,14 @@ def test_cli_end_to_end_deterministic_across_runs_and_models(tmp_path, data_root
         assert m["stability"] is None or 0.0 <= m["stability"] <= 1.0
         assert m["n"] == 2
     config = json.loads((tmp_path / "a" / "config.json").read_text())["config"]
-    assert config["model"] == "sam_tiny" and config["plugin"] is None
+    assert config["checkpoint"] == sam and config["plugin"] is None
+    assert config["weights_digest"] == s["weights_digest"] and len(s["weights_digest"]) == 32
     # Same command (and weights) again in a new folder: identical records.
-    torch.manual_seed(0)
-    assert main(_argv(tmp_path / "b", data_root)) == 0
+    assert main(_argv(tmp_path / "b", data_root, sam)) == 0
     ra, rb = read_prompt_records(tmp_path / "a"), read_prompt_records(tmp_path / "b")
     assert strip_timing(ra) == strip_timing(rb)
     # Another model sees exactly the same prompts.
-    assert main(_argv(tmp_path / "c", data_root, "focsam_tiny")) == 0
+    assert main(_argv(tmp_path / "c", data_root, focsam)) == 0
     rc = read_prompt_records(tmp_path / "c")
     for x, y in zip(ra, rc, strict=True):
         assert {k: v["prompts"] for k, v in x["settings"].items()} == {
@@ -321,7 +323,7 @@ def test_cli_end_to_end_deterministic_across_runs_and_models(tmp_path, data_root
         == 0
     )
     md = (tmp_path / "r" / "report.md").read_text()
-    assert "sam_tiny" in md and "focsam_tiny" in md and "noisy-box:0.4" in md
+    assert "| sam_tiny |" in md and "| focsam_tiny |" in md and "noisy-box:0.4" in md
     assert (tmp_path / "r" / "miou_vs_prompt.png").is_file()
 
 
@@ -361,7 +363,8 @@ def test_report_refuses_mixing_and_warns_on_different_seeds(tmp_path, capsys):
     evaluate_prompts(_cfg(data, tmp_path / "p1", seed=1), predictor=PromptFake(follow=False))
     md = report([tmp_path / "p0", tmp_path / "p1"], tmp_path / "r")
     assert "different seeds" in md and "different seeds" in capsys.readouterr().err
-    assert md.count("| fake |") == 2
+    # Both rows, each with the differing setting stated in its name.
+    assert "| fake (seed=0) |" in md and "| fake (seed=1) |" in md
     from test_eval_support import FakePredictor
 
     evaluate(
@@ -381,19 +384,21 @@ def test_report_refuses_mixing_and_warns_on_different_seeds(tmp_path, capsys):
 
 
 def test_plugin_option_reaches_build_model(monkeypatch, capsys):
+    from test_eval_support import tiny_model
+
     import steadysam
     from steadysam.eval.runner import build_predictor
 
-    real, seen = steadysam.build_model, []
+    seen = []
 
     def spy(*args, **kwargs):
         seen.append(kwargs)
-        return real("sam_tiny")
+        return tiny_model()
 
     monkeypatch.setattr(steadysam, "build_model", spy)
     build_predictor(PromptEvalConfig("x", model="sam_tiny", plugin="p.safetensors", device="cpu"))
     build_predictor(EvalConfig("x", model="sam_tiny", device="cpu"))
-    assert seen[0]["plugin"] == "p.safetensors" and "plugin" not in seen[1]
+    assert seen[0]["plugin"] == "p.safetensors" and seen[1].get("plugin") is None
     for command in ("eval", "eval-prompts"):
         assert main([command, "--help"]) == 0
         assert "--plugin" in capsys.readouterr().out
@@ -408,10 +413,7 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, data_
     import sys
     import time
 
-    from steadysam import build_model, save_checkpoint
-
-    torch.manual_seed(0)  # a name alone means random weights: fix them in a file
-    ckpt = save_checkpoint(build_model("sam_tiny"), tmp_path / "tiny.safetensors")
+    ckpt = tiny_checkpoint(tmp_path / "tiny.safetensors")  # random weights, fixed in a file
     args = [
         "eval-prompts", "--checkpoint", str(ckpt), "--dataset", "GrabCut",
         "--data-root", str(data_root), "--limit", "12", "--draws", "3", "--no-progress",

@@ -11,6 +11,7 @@ from test_eval_support import FakePredictor, make_folder, strip_timing
 
 from steadysam.eval import EvalConfig, RunError, evaluate, read_records
 from steadysam.eval.report import read_jsonl
+from steadysam.eval.runner import NoResultsError
 
 
 def cfg(tmp_path, data, **kw):
@@ -90,13 +91,17 @@ def test_bad_input_is_listed_not_fatal(tmp_path):
     assert "cannot decode image" in errs["broken"]
     md = (tmp_path / "run" / "results.md").read_text()
     assert "## Errors" in md and "nomask" in md
-    # A predictor failure is recorded per sample too.
-    s2 = evaluate(
-        cfg(tmp_path, data, clicks=2, out=str(tmp_path / "run2")),
-        predictor=FakePredictor(wrong_shape=True),
-    )
+    # A predictor failure is recorded per sample too; a run where every sample failed is an
+    # error (NoResultsError, exit 1 in the CLI), with the errors in its summary.json.
+    with pytest.raises(NoResultsError, match="all 7 samples failed; first error") as e:
+        evaluate(
+            cfg(tmp_path, data, clicks=2, out=str(tmp_path / "run2")),
+            predictor=FakePredictor(wrong_shape=True),
+        )
+    s2 = e.value.summary
     assert s2["num_samples"] == 0
     assert any("predictor returned" in e["error"] for e in s2["errors"])
+    assert json.loads((tmp_path / "run2" / "summary.json").read_text())["num_errors"] == 7
 
 
 def test_resume_in_process_and_retry_errors(tmp_path):

@@ -45,12 +45,18 @@ class FakeSession:
 
 
 class FakePredictor:
-    """Disk-painting predictor. ``radius`` in pixels, ``delay`` seconds slept per click."""
+    """Disk-painting predictor. ``radius`` in pixels, ``delay`` seconds slept per click.
+    ``model``: an optional torch module standing for the weights (the runner records its
+    state digest; without one the weights are unknown)."""
 
-    def __init__(self, radius: int = 10, delay: float = 0.0, wrong_shape: bool = False) -> None:
+    def __init__(
+        self, radius: int = 10, delay: float = 0.0, wrong_shape: bool = False, model=None
+    ) -> None:
         self.radius = radius
         self.delay = delay
         self.wrong_shape = wrong_shape
+        if model is not None:
+            self.model = model
         self.size = (0, 0)
         self.set_image_calls = 0
         self.last_encoder_seconds = 0.0
@@ -90,3 +96,21 @@ def make_folder(root: Path, n: int = 6, size: tuple[int, int] = (48, 64)) -> Pat
 def strip_timing(records: list[dict]) -> list[dict]:
     """Records without the fields that legitimately differ between runs (timings)."""
     return [{k: v for k, v in r.items() if k != "timing"} for r in records]
+
+
+def tiny_model(name: str = "sam_tiny", seed: int = 0):
+    """A small random-weight model, the same for the same seed."""
+    import torch
+
+    from steadysam import build_sam, sam_config
+
+    torch.manual_seed(seed)
+    return build_sam(sam_config(name)).eval()
+
+
+def tiny_checkpoint(path: Path, name: str = "sam_tiny", seed: int = 0) -> Path:
+    """Write :func:`tiny_model` as a steadysam checkpoint file (real weights behind a path)."""
+    from steadysam.weights.files import save_checkpoint
+
+    save_checkpoint(tiny_model(name, seed), path)
+    return Path(path)

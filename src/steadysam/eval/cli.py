@@ -14,12 +14,14 @@ import os
 import sys
 from typing import Any
 
+from steadysam.cli_common import add_debug_arg, add_model_args
 from steadysam.eval.datasets import LOADERS, DatasetError
 
 EPILOG_EVAL = """\
 datasets: {names} (aliases: DAVIS345, COCO_MVal, voc, ...); see docs/eval.md.
 examples:
-  steadysam eval --model focsam_vit_h --dataset GrabCut --data-root data
+  steadysam eval --model sam_vit_b --download --dataset GrabCut --data-root data
+  steadysam eval --model focsam_vit_h --checkpoint iter_160000.pth --dataset GrabCut
   steadysam eval --checkpoint my.safetensors --dataset davis --clicks 100 --clicker focsam
   torchrun --nproc_per_node 4 -m steadysam eval --model sam_vit_h --dataset sbd
 Re-running the same command resumes an interrupted run (same --out).
@@ -43,20 +45,6 @@ Same --seed: every model sees the same prompts. Re-running the same command resu
 """
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    net = p.add_argument_group("model (default: the built-in demo model)")
-    net.add_argument("--model", help="registered model name, e.g. focsam_vit_h, sam_vit_b")
-    net.add_argument("--checkpoint", help="weights file (official SAM/FocSAM or steadysam)")
-    net.add_argument("--plugin", help="Stable-SAM plugin-only .safetensors put on top of the model")
-
-
-def _debug_arg(p: argparse.ArgumentParser) -> None:
-    # SUPPRESS keeps the value of a top-level ``steadysam --debug``.
-    p.add_argument(
-        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
-    )
-
-
 def _dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="dataset name (see below)")
     p.add_argument(
@@ -76,20 +64,34 @@ def _run_args(p: argparse.ArgumentParser, items: str) -> None:
         help=f"on resume, evaluate again the {items} that failed before",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _debug_arg(p)
+    add_debug_arg(p)
 
 
 def _default_model(args: argparse.Namespace) -> None:
     """No --model and no --checkpoint: the built-in demo model, with its notice."""
-    if not args.model and not args.checkpoint:
-        from steadysam.weights.factory import DEFAULT_MODEL, print_demo_notice
+    if not args.model and not args.checkpoint and not args.random_init:
+        from steadysam.weights.factory import print_demo_notice
+        from steadysam.weights.registry import DEFAULT_MODEL
 
         args.model = DEFAULT_MODEL
         print_demo_notice()
 
 
+def _refine_at(text: str) -> int | None:
+    """``--refine-at``: a 0-based click index, or ``never`` (None: the refiner never runs).
+    The range is checked by ``EvalConfig.validate`` (it depends on --clicks)."""
+    if text.strip().lower() == "never":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a 0-based click index or never, not {text!r}"
+        ) from None
+
+
 def _eval_parser(p: argparse.ArgumentParser) -> None:
-    _model_args(p)
+    add_model_args(p)
     _dataset_args(p)
     p.add_argument("--clicks", type=int, default=20, help="click budget per object (default 20)")
     p.add_argument(
@@ -116,9 +118,11 @@ def _eval_parser(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--refine-at",
-        type=int,
+        type=_refine_at,
         default=1,
-        help="0-based click index at which FocSAM's refiner runs (1)",
+        metavar="I|never",
+        help="0-based click index at which FocSAM's refiner runs, below --clicks (default 1); "
+        "never: no refiner",
     )
     p.add_argument(
         "--ignore",
@@ -132,7 +136,7 @@ def _eval_parser(p: argparse.ArgumentParser) -> None:
 def _prompts_parser(p: argparse.ArgumentParser) -> None:
     from steadysam.eval.prompt_runner import DEFAULT_PROMPTS, IGNORE_MODES
 
-    _model_args(p)
+    add_model_args(p)
     _dataset_args(p)
     p.add_argument(
         "--prompts",
@@ -195,19 +199,21 @@ def add_parsers(subparsers: Any) -> None:
     )
     pr.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or summary.json)")
     pr.add_argument("--out", default="report", help="output folder (default ./report)")
-    _debug_arg(pr)
+    add_debug_arg(pr)
     pr.set_defaults(func=cmd_report)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from steadysam.eval.runner import EvalConfig, RunError, evaluate
 
-    _default_model(args)
     cfg = EvalConfig(
         dataset=args.dataset,
         model=args.model,
         checkpoint=args.checkpoint,
         plugin=args.plugin,
+        random_init=args.random_init,
+        download=args.download,
+        trust_checkpoint=args.trust_checkpoint,
         data_root=args.data_root,
         clicks=args.clicks,
         clicker=args.clicker,
@@ -223,6 +229,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         retry_errors=args.retry_errors,
     )
+    try:
+        cfg.validate()  # before the demo notice and the model: bad options fail fast
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    _default_model(args)
+    cfg.model = args.model
     try:
         summary = evaluate(cfg)
     except (DatasetError, RunError, FileNotFoundError) as e:
@@ -256,6 +269,9 @@ def cmd_eval_prompts(args: argparse.Namespace) -> int:
         model=args.model,
         checkpoint=args.checkpoint,
         plugin=args.plugin,
+        random_init=args.random_init,
+        download=args.download,
+        trust_checkpoint=args.trust_checkpoint,
         data_root=args.data_root,
         draws=args.draws,
         seed=args.seed,
@@ -280,6 +296,8 @@ def cmd_eval_prompts(args: argparse.Namespace) -> int:
         ]
         print(f"  {key:<16} " + "  ".join(cells))
     print(f"run dir {cfg.run_dir()}")
+    if cfg.draws == 1:
+        print("note: stability (ST) compares the masks of 2+ draws: – with --draws 1")
     if summary["num_errors"]:
         print(
             f"warning: {summary['num_errors']} objects failed, listed in summary.json "

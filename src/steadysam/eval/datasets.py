@@ -443,6 +443,16 @@ def canonical_name(name: str) -> str:
     return key
 
 
+def require_images(ds: Dataset, name: str) -> None:
+    """DatasetError when the dataset lists no image at all (an empty folder, masks only, an
+    empty split list): a run would evaluate nothing."""
+    if any(it.image_path is not None for it in ds.items):
+        return
+    masks = sum(1 for it in ds.items for m in it.masks if m.path is not None)
+    extra = f" ({masks} mask files without an image)" if masks else ""
+    raise DatasetError(f"dataset {name} at {ds.root} has no images{extra}")
+
+
 def load_dataset(name: str, root: str | os.PathLike | None = None) -> Dataset:
     """List a dataset. ``root`` is the dataset folder or a folder holding it (``GrabCut/``...)."""
     key = canonical_name(name)

@@ -16,6 +16,10 @@ Conventions (docs/eval.md has the long form):
   masks predicted from K prompts of one quality level for one object.
 * Stability (FocSAM Figure 4): ΔIoU_t = IoU_t - IoU_{t-1} from the second click on; a *drop* is
   ΔIoU < -1 % (-0.01 in IoU units).
+
+A statistic with no data (NoC of a run without a successful sample, the mean of no drops, the
+drop rate of a 1-click budget) is None, never NaN: summary.json stays strict JSON, and the
+tables show "–".
 """
 
 from __future__ import annotations
@@ -172,19 +176,26 @@ def sample_metrics(ious: Sequence[float], thresholds: Iterable[float] = THRESHOL
 
 
 def _noc_block(all_ious: list[list[float]], budget: int, thresholds: Iterable[float]) -> dict:
-    out: dict[str, dict[str, float]] = {"noc": {}, "noc_std": {}, "nof": {}, "nof_ritm": {}}
+    out: dict[str, dict[str, float | None]] = {"noc": {}, "noc_std": {}, "nof": {}, "nof_ritm": {}}
     for t in thresholds:
         k = thr_key(t)
         nocs = np.array([noc(s, t, budget) for s in all_ious], dtype=np.float64)
-        out["noc"][k] = float(nocs.mean()) if nocs.size else float("nan")
-        out["noc_std"][k] = float(nocs.std()) if nocs.size else float("nan")
+        if not nocs.size:  # no sample: no statistic (None), not NaN or a count of 0
+            for key in out:
+                out[key][k] = None
+            continue
+        out["noc"][k] = float(nocs.mean())
+        out["noc_std"][k] = float(nocs.std())
         out["nof"][k] = int(sum(not reached(s, t, budget) for s in all_ious))
         out["nof_ritm"][k] = int(np.count_nonzero(nocs == budget))
     return out
 
 
 def stability(all_ious: list[list[float]]) -> dict[str, Any]:
-    """FocSAM Figure 4 statistics: drops worse than -1 %, their histogram, worst drop per sample."""
+    """FocSAM Figure 4 statistics: drops worse than -1 %, their histogram, worst drop per sample.
+
+    ``drop_rate`` is None without any click transition (no sample, or a 1-click budget),
+    ``mean_drop`` / ``median_drop`` without any drop, the ``worst_drop_*`` without a sample."""
     deltas = [delta_ious(s) for s in all_ious]
     drops = np.concatenate([d[d < DROP_THRESHOLD] for d in deltas]) if deltas else np.zeros(0)
     worst = np.array([worst_drop(s) for s in all_ious]) if all_ious else np.zeros(0)
@@ -194,12 +205,12 @@ def stability(all_ious: list[list[float]]) -> dict[str, Any]:
         "drop_threshold": DROP_THRESHOLD,
         "num_deltas": num_deltas,
         "num_drops": int(drops.size),
-        "drop_rate": float(drops.size / num_deltas) if num_deltas else 0.0,
+        "drop_rate": float(drops.size / num_deltas) if num_deltas else None,
         "samples_with_drop": int(np.count_nonzero(worst < DROP_THRESHOLD)),
-        "mean_drop": float(drops.mean()) if drops.size else 0.0,
-        "median_drop": float(np.median(drops)) if drops.size else 0.0,
-        "worst_drop_mean": float(worst.mean()) if worst.size else 0.0,
-        "worst_drop_min": float(worst.min()) if worst.size else 0.0,
+        "mean_drop": float(drops.mean()) if drops.size else None,
+        "median_drop": float(np.median(drops)) if drops.size else None,
+        "worst_drop_mean": float(worst.mean()) if worst.size else None,
+        "worst_drop_min": float(worst.min()) if worst.size else None,
         "histogram": {"edges": list(HIST_EDGES), "counts": counts.tolist()},
     }
 
@@ -234,7 +245,9 @@ def summarize(
     budget: int,
     thresholds: Iterable[float] = THRESHOLDS,
 ) -> dict[str, Any]:
-    """Run-level metrics from successful per-sample records (each has ``ious`` of length budget)."""
+    """Run-level metrics from successful per-sample records (each has ``ious`` of length budget).
+
+    Without any record the per-click means (``miou``, ``miou_at``) and NoC are None."""
     thresholds = tuple(thresholds)
     all_ious = [list(r["ious"]) for r in records]
     out: dict[str, Any] = {"num_samples": len(records), "clicks": budget}
@@ -245,9 +258,9 @@ def summarize(
     if budget == 100:
         out["noc100_95"] = out["noc"]["95"] if "95" in out["noc"] else None
     arr = np.array(all_ious, dtype=np.float64).reshape(len(all_ious), budget)
-    miou = arr.mean(axis=0) if len(all_ious) else np.full(budget, np.nan)
-    out["miou"] = [float(v) for v in miou]
-    out["miou_at"] = {str(k): float(miou[k - 1]) for k in MIOU_AT if k <= budget}
+    miou = [float(v) for v in arr.mean(axis=0)] if len(all_ious) else [None] * budget
+    out["miou"] = miou
+    out["miou_at"] = {str(k): miou[k - 1] for k in MIOU_AT if k <= budget}
     out["no_click_steps"] = int(sum(len(r.get("no_click_steps", ())) for r in records))
     out["stability"] = stability(all_ious)
     out["worst_samples"] = [

@@ -13,8 +13,6 @@ Metric definitions (docs/eval.md, "Prompt robustness"), per setting, over the ob
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,18 @@ from typing import Any
 import numpy as np
 
 from steadysam.atomic import atomic_write_text
-from steadysam.eval.report import _canvas, _f, _finish, _title, read_jsonl
+from steadysam.eval.report import (
+    _canvas,
+    _f,
+    _finish,
+    _title,
+    _warn,
+    check_comparable,
+    dump_json,
+    prepare_report_dir,
+    read_jsonl,
+    write_report_files,
+)
 from steadysam.prompts import parse_settings
 
 KIND = "prompts"
@@ -70,7 +79,7 @@ def summarize_prompts(records: Sequence[Mapping[str, Any]], settings: Sequence[s
             "stability": stability,
             "stability_std": stability_std,
             "n": len(per),
-            "draws": max((len(p["iou"]) for p in per), default=0),
+            "draws": max((len(p["iou"]) for p in per), default=None),
         }
     return out
 
@@ -105,7 +114,7 @@ def finalize_prompts(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
         "errors": errors,
         "timing": timing,
     }
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(run_dir / "summary.json", dump_json(summary))
     text = f"# {summary['label']} on {_title(summary)}: prompt robustness\n\n"
     text += setting_table(summary)
     if errors:
@@ -137,7 +146,7 @@ def setting_table(summary: Mapping[str, Any]) -> str:
         m = summary["settings"][key]
         cells = [
             key,
-            str(m["draws"]),
+            _f(m["draws"]),
             str(m["n"]),
             _pct(m["miou"]),
             _pct(m["miou_first"]),
@@ -154,6 +163,13 @@ def _union_order(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
     for s in summaries:
         order += [k for k in s["setting_order"] if k not in order]
     return order
+
+
+# Prompt runs (docs/eval.md, "Reports"): a different seed or number of draws means other
+# prompts drawn from the same distributions, and other settings mean other columns: side by
+# side is still meaningful, so these are stated (in the labels, and as warnings); a different
+# ignore mode on the same dataset is a different ground truth and is refused.
+PROMPT_STATED = ("seed", "draws")
 
 
 def comparability_warnings(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -216,18 +232,27 @@ def plot_miou_vs_setting(summaries: Sequence[Mapping[str, Any]], path: Path) -> 
     _finish(fig, ax, path)
 
 
-def prompt_report(summaries: Sequence[Mapping[str, Any]], out: str | Path | None = None) -> str:
+def prompt_report(
+    summaries: Sequence[Mapping[str, Any]],
+    out: str | Path | None = None,
+    paths: Sequence[str] | None = None,
+) -> str:
     """Side-by-side markdown of prompt runs; with ``out`` also writes report.md and
-    miou_vs_prompt.png there. Comparability problems are printed to stderr and noted."""
+    miou_vs_prompt.png there. Runs of one dataset with different ignore modes are refused
+    (``ReportError``); other differences are stated in the labels and printed to stderr.
+    ``paths``: the runs' folders, to tell apart runs with the same label."""
+    paths = list(paths) if paths is not None else [f"run {i + 1}" for i in range(len(summaries))]
+    summaries = [dict(s) for s in summaries]
+    labels, notes = check_comparable(summaries, paths, {}, PROMPT_STATED)
     warnings = comparability_warnings(summaries)
-    for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    md = "# Prompt robustness, runs side by side\n\n" + prompt_report_table(summaries)
-    if warnings:
+    for w in warnings + notes:
+        _warn(w)
+    shown = [{**s, "label": lab} for s, lab in zip(summaries, labels, strict=True)]
+    md = "# Prompt robustness, runs side by side\n\n" + prompt_report_table(shown)
+    if warnings or notes:
         md += "\n" + "".join(f"**Warning:** {w}.\n" for w in warnings)
+        md += "".join(f"**Note:** {n}.\n" for n in notes)
     if out is not None:
-        o = Path(out)
-        o.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(o / "report.md", md)
-        plot_miou_vs_setting(summaries, o / "miou_vs_prompt.png")
+        o = prepare_report_dir(out)
+        write_report_files(o, md, [(plot_miou_vs_setting, "miou_vs_prompt.png")], shown)
     return md

@@ -10,13 +10,14 @@ original resolution by the predictor's own postprocessing.
 
 A run directory holds::
 
-    config.json    configuration (+ sha256 of the checkpoint / plugin files), versions, invocations
+    config.json    configuration (+ the weights digest of the built model), versions, invocations
     records.jsonl  one JSON line per finished object, appended + fsync'ed: per setting the
                    per-draw IoU and boundary IoU, the prompt stability and the drawn prompts
     summary.json   per-setting mIoU / mBIoU / stability (atomic), summary.md, miou.png
 
 Re-running the same command resumes: objects with a line are skipped (a truncated last line
-left by a kill is cut off); a folder holding another configuration is refused.
+left by a kill is cut off); a folder holding another configuration, other weights (their
+state digest differs) or anything not written by this command is refused.
 """
 
 from __future__ import annotations
@@ -33,28 +34,33 @@ from typing import Any
 import numpy as np
 
 from steadysam.atomic import atomic_write_text
-from steadysam.eval.datasets import Dataset, ObjectGT, SampleError, load_dataset
+from steadysam.eval.datasets import Dataset, ObjectGT, SampleError, load_dataset, require_images
 from steadysam.eval.metrics import boundary_dilation, iou, mask_boundary, mean_pairwise_iou
 from steadysam.eval.prompt_report import finalize_prompts
 from steadysam.eval.report import read_jsonl
 from steadysam.eval.runner import (
     JsonlAppender,
     RunError,
+    RunFolder,
     _eval_item,
     build_predictor,
+    check_choice,
+    check_device,
+    check_int,
+    check_run_dir,
     net_name,
-    prepare_run_dir,
+    require_results,
+    weights_digest,
+    write_run_config,
 )
 from steadysam.prompts import Prompt, PromptSetting, draw_prompt, parse_settings
 
 DEFAULT_PROMPTS = "gt-box,noisy-box:0.4,points:1,points:3"
 IGNORE_MODES = ("exclude", "background")
 MAX_DRAWS = 1000
-# Changing any of these makes old records incomparable, so resume refuses.
-SEMANTIC_KEYS = tuple(
-    "dataset model checkpoint plugin checkpoint_sha256 plugin_sha256 prompts draws seed "
-    "ignore".split()
-)
+# Changing any of these makes old records incomparable, so resume refuses (and so does a
+# different weights digest, see runner.write_run_config).
+SEMANTIC_KEYS = tuple("dataset model checkpoint plugin prompts draws seed ignore".split())
 RECORDS = "records.jsonl"
 
 
@@ -65,7 +71,8 @@ class PromptEvalConfig:
     Attributes:
         dataset: dataset name (``steadysam.eval.datasets``), e.g. ``GrabCut`` or ``folder``.
         prompts: comma-separated settings (``steadysam.prompts.parse_settings``).
-        model / checkpoint / plugin: the network, as for ``steadysam.build_model``.
+        model / checkpoint / plugin / random_init / download / trust_checkpoint: the network,
+            as for ``steadysam.build_model``.
         draws: prompts drawn per object for each random setting (the GT box is drawn once).
         seed: >= 0; with the same seed every model sees the same prompts.
         ignore: ``exclude`` (ignore-label pixels leave IoU and boundary IoU, as RITM) or
@@ -78,6 +85,9 @@ class PromptEvalConfig:
     model: str | None = None
     checkpoint: str | None = None
     plugin: str | None = None
+    random_init: bool = False
+    download: bool = False
+    trust_checkpoint: bool = False
     data_root: str | None = None
     draws: int = 10
     seed: int = 0
@@ -98,16 +108,14 @@ class PromptEvalConfig:
     def validate(self) -> None:
         """Raise RunError for a bad option, naming it; normalises ``prompts``."""
         self.prompts = ",".join(str(s) for s in self.settings())
-        if isinstance(self.draws, bool) or not isinstance(self.draws, int):
-            raise RunError(f"--draws must be an integer, not {self.draws!r}")
-        if not 1 <= self.draws <= MAX_DRAWS:
-            raise RunError(f"--draws must be between 1 and {MAX_DRAWS}, not {self.draws}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise RunError(f"--seed must be an integer >= 0, not {self.seed!r}")
-        if self.limit is not None and self.limit < 1:
-            raise RunError(f"--limit must be >= 1, not {self.limit}")
-        if self.ignore not in IGNORE_MODES:
-            raise RunError(f"--ignore must be one of {IGNORE_MODES}, not {self.ignore!r}")
+        # One draw is a valid single-prompt protocol; stability (agreement between draws)
+        # then has no pair to compare and is null for every setting.
+        check_int("--draws", self.draws, 1, MAX_DRAWS)
+        check_int("--seed", self.seed, 0)
+        if self.limit is not None:
+            check_int("--limit", self.limit, 1)
+        check_choice("--ignore", self.ignore, IGNORE_MODES)
+        check_device(self.device)
 
     def run_dir(self) -> Path:
         if self.out:
@@ -133,14 +141,6 @@ def object_prompts(
     """The prompts of one object for one setting: ``draws`` of them (one for the GT box)."""
     n = 1 if setting.deterministic else draws
     return [draw_prompt(setting, gt, prompt_rng(seed, setting, object_id, k)) for k in range(n)]
-
-
-def _file_sha256(path: str | None) -> str | None:
-    if path is None or not Path(path).is_file():
-        return None  # a missing file is build_model's error to report
-    from steadysam.weights.digest import file_sha256
-
-    return file_sha256(path)
 
 
 def _predict(predictor: Any, prompt: Prompt, shape: tuple[int, ...]) -> np.ndarray:
@@ -186,22 +186,19 @@ def _eval_object(cfg: PromptEvalConfig, predictor: Any, ob: ObjectGT) -> dict[st
     }
 
 
-def _prepare(cfg: PromptEvalConfig, run_dir: Path) -> dict[str, Any]:
-    """Check/create config.json; returns the run's meta for the summary."""
+def _start(cfg: PromptEvalConfig, folder: RunFolder, predictor: Any) -> dict[str, Any]:
+    """Write config.json (with the weights digest of the built model, checked against the
+    recorded one on resume); drop error lines for ``retry_errors``. Returns the summary meta."""
     now = dataclasses.asdict(cfg)
-    now["checkpoint_sha256"] = _file_sha256(cfg.checkpoint)
-    now["plugin_sha256"] = _file_sha256(cfg.plugin)
-    records = run_dir / RECORDS
-    config = run_dir / "config.json"
-    if config.exists() and not (records.exists() and records.stat().st_size):
-        # No result yet (e.g. the model failed to load): nothing to stay compatible with, so a
-        # corrected command may reuse the folder.
-        config.unlink()
-    prepare_run_dir(run_dir, now, SEMANTIC_KEYS)
+    digest = write_run_config(folder, now, weights_digest(predictor))
+    records = folder.path / RECORDS
     if cfg.retry_errors and records.exists():
         keep = [r for r in read_jsonl(records) if "error" not in r]
-        atomic_write_text(records, "".join(json.dumps(r) + "\n" for r in keep))
-    return {k: now[k] for k in SEMANTIC_KEYS}
+        try:
+            atomic_write_text(records, "".join(json.dumps(r) + "\n" for r in keep))
+        except OSError as e:
+            raise RunError(f"cannot write {records}: {e.strerror or e}") from None
+    return {**{k: now[k] for k in SEMANTIC_KEYS}, "weights_digest": digest}
 
 
 def evaluate_prompts(
@@ -231,21 +228,29 @@ def evaluate_prompts(
     if not cfg.model and not cfg.checkpoint and predictor is None and predictor_factory is None:
         raise RunError("give --model NAME or --checkpoint FILE")
     ds = loaded_dataset if loaded_dataset is not None else load_dataset(cfg.dataset, cfg.data_root)
+    require_images(ds, cfg.dataset)
     run_dir = cfg.run_dir()
-    meta = _prepare(cfg, run_dir)
+    # The folder is checked before the model is built; config.json is written after, with the
+    # weights digest of the built model.
+    folder = check_run_dir(
+        run_dir, "prompts", dataclasses.asdict(cfg), SEMANTIC_KEYS, ds.root, cfg.data_root
+    )
+    if predictor is None:
+        predictor = (predictor_factory or build_predictor)(cfg)
+    meta = _start(cfg, folder, predictor)
     done = (
         {r["id"] for r in read_jsonl(run_dir / RECORDS)} if (run_dir / RECORDS).exists() else set()
     )
     items = list(enumerate(ds.items))[: cfg.limit]
-    if predictor is None:
-        predictor = (predictor_factory or build_predictor)(cfg)
     out = JsonlAppender(run_dir / RECORDS)
     try:
         _loop(cfg, predictor, items, done, out)
     finally:
         out.close()
     meta.update(data_root=str(ds.root), num_images=len(items))
-    return finalize_prompts(run_dir, meta)
+    summary = finalize_prompts(run_dir, meta)
+    require_results(summary, run_dir, "objects", f"dataset {cfg.dataset} at {ds.root}")
+    return summary
 
 
 def _loop(

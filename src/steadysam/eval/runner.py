@@ -2,7 +2,8 @@
 
 A run directory holds::
 
-    config.json          exact configuration, versions, invocations (resume checks it)
+    config.json          exact configuration + weights digest, versions, invocations (resume
+                         checks both; a folder not written by this runner is never used)
     parts/rank-NNN.jsonl one JSON line per finished sample, appended + fsync'ed per sample
     samples.jsonl        merged per-sample results in dataset order (written at the end)
     summary.json         run metrics (atomic write), results.md, miou_curve.png, delta_iou_hist.png
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -33,12 +35,14 @@ import numpy as np
 from steadysam.atomic import atomic_write_text
 from steadysam.clicks import Clicker
 from steadysam.eval.datasets import (
+    IMAGE_EXTS,
     Dataset,
     DatasetError,
     ImageItem,
     ObjectGT,
     SampleError,
     load_dataset,
+    require_images,
 )
 from steadysam.eval.metrics import iou, sample_metrics
 from steadysam.eval.report import finalize, read_jsonl, read_records
@@ -56,6 +60,70 @@ class RunError(ValueError):
     """The run cannot start (bad configuration, run directory of another configuration)."""
 
 
+class NoResultsError(RuntimeError):
+    """The run ended without a single successfully evaluated sample (every one failed).
+    ``summary`` is what was written to summary.json (metrics null, ``errors`` listed)."""
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+# ------------------------------------------------------------------------ option checks
+
+
+def check_int(option: str, value: Any, low: int, high: int | None = None) -> None:
+    """RunError naming ``option`` unless ``value`` is an integer in [low, high]."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if ok and value >= low and (high is None or value <= high):
+        return
+    allowed = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
+    raise RunError(f"{option} must be {allowed}, not {value!r}")
+
+
+def check_choice(option: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise RunError(f"{option} must be one of {', '.join(choices)}, not {value!r}")
+
+
+DEVICES = "cpu, cuda, cuda:N or mps"
+
+
+def check_device(device: Any) -> None:
+    """RunError naming the value unless ``device`` (None: automatic) is a torch device that
+    exists on this machine: ``cpu``, ``cuda`` / ``cuda:N`` with a GPU N visible, ``mps``."""
+    if device is None:
+        return
+    if not isinstance(device, str):
+        raise RunError(f"--device must be one of {DEVICES}, not {device!r}")
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise RunError(f"--device {device!r} is not a device name; use {DEVICES}") from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "torch was built without CUDA" if torch.version.cuda is None else "no GPU visible"
+            raise RunError(
+                f"--device {device!r}: CUDA is not available on this machine ({why}); "
+                "use --device cpu"
+            )
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise RunError(
+                f"--device {device!r}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}"
+            )
+        return
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise RunError(f"--device {device!r}: MPS is not available on this machine")
+        return
+    raise RunError(f"--device {device!r}: unsupported device type {dev.type!r}; use {DEVICES}")
+
+
 @dataclass
 class EvalConfig:
     """Everything that defines a run. ``model`` and/or ``checkpoint`` pick the network;
@@ -65,6 +133,9 @@ class EvalConfig:
     model: str | None = None
     checkpoint: str | None = None
     plugin: str | None = None
+    random_init: bool = False
+    download: bool = False
+    trust_checkpoint: bool = False
     data_root: str | None = None
     clicks: int = 20
     clicker: str = "ritm"
@@ -72,7 +143,7 @@ class EvalConfig:
     out: str | None = None
     seed: int = 42
     inner_k: float = 1.0
-    refine_at: int = 1
+    refine_at: int | None = 1
     ignore: str = "auto"
     limit: int | None = None
     device: str | None = None
@@ -81,16 +152,34 @@ class EvalConfig:
     retry_errors: bool = False
 
     def validate(self) -> None:
-        if self.clicks < 1:
-            raise RunError("--clicks must be >= 1")
-        if self.clicker not in CLICKERS:
-            raise RunError(f"--clicker must be one of {CLICKERS}")
-        if self.protocol not in PROTOCOLS:
-            raise RunError(f"--protocol must be one of {PROTOCOLS}")
-        if self.ignore not in IGNORE_MODES:
-            raise RunError(f"--ignore must be one of {IGNORE_MODES}")
-        if not (self.inner_k >= 1.0 or self.inner_k < 0):
-            raise RunError("--inner-k must be >= 1 (or < 0 for the whole error region)")
+        """Raise RunError for a bad option, naming it, its value and what is allowed."""
+        check_int("--clicks", self.clicks, 1)
+        check_choice("--clicker", self.clicker, CLICKERS)
+        check_choice("--protocol", self.protocol, PROTOCOLS)
+        check_choice("--ignore", self.ignore, IGNORE_MODES)
+        check_int("--seed", self.seed, 0)
+        if self.limit is not None:
+            check_int("--limit", self.limit, 1)
+        k = self.inner_k
+        number = isinstance(k, (int, float, np.number)) and not isinstance(k, bool)
+        if not (number and math.isfinite(k) and (k >= 1.0 or k < 0)):
+            raise RunError(
+                "--inner-k must be a number >= 1 (1.0 at test, 1.7 in training; or < 0 for the "
+                f"whole error region), not {k!r}"
+            )
+        if self.refine_at is not None:
+            # The refiner runs at 0-based click refine_at: at or after the budget it would
+            # silently never run. The default 1 is accepted with a 1-click budget (FocSAM
+            # refines at the 2nd click, which such a run never reaches).
+            r = self.refine_at
+            if not (isinstance(r, (int, np.integer)) and not isinstance(r, bool)) or not (
+                0 <= r < max(self.clicks, 2)
+            ):
+                raise RunError(
+                    f"--refine-at must be a 0-based click index from 0 to --clicks - 1 = "
+                    f"{self.clicks - 1}, or never (no refiner), not {r!r}"
+                )
+        check_device(self.device)
 
     def ignore_mode(self) -> str:
         """RITM excludes ignore pixels; FocSAM has no ignore label (ignore = background)."""
@@ -208,13 +297,14 @@ def build_predictor(cfg: Any) -> Any:
     import steadysam
     from steadysam.predictor import Predictor
 
-    kwargs: dict[str, Any] = {"checkpoint": cfg.checkpoint}
-    if getattr(cfg, "plugin", None) is not None:
-        kwargs["plugin"] = cfg.plugin  # only when given: build_model gained it late
-    if cfg.model:
-        model = steadysam.build_model(cfg.model, **kwargs)
-    else:
-        model = steadysam.build_model(**kwargs)
+    model = steadysam.build_model(
+        cfg.model,
+        cfg.checkpoint,
+        random_init=cfg.random_init,
+        download=cfg.download,
+        trusted=cfg.trust_checkpoint,
+        plugin=cfg.plugin,
+    )
     device = cfg.device
     if device is None or device == "cuda":
         import torch
@@ -227,43 +317,272 @@ def build_predictor(cfg: Any) -> Any:
     return Predictor(model, cache_dir=cfg.cache_dir)
 
 
-def prepare_run_dir(
-    run_dir: Path, now: dict[str, Any], semantic_keys: tuple[str, ...], world: int = 1
-) -> None:
-    """Create ``run_dir/config.json`` for the configuration ``now``, or check that the one
-    there agrees with it on ``semantic_keys`` (RunError naming the differences) and append this
-    invocation to it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    invocation = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": sys.argv, "world": world}
+# ------------------------------------------------------------------------------ run folders
+#
+# --out must be a new or empty folder, or a run folder of the same run (its config.json equal
+# in every field of SEMANTIC_KEYS, and the same weights digest) to resume. Anything else is
+# refused with a RunError naming the folder and what was found there; nothing in a folder that
+# is not ours is ever written, moved or deleted.
+
+KINDS = {"eval": "steadysam eval", "prompts": "steadysam eval-prompts"}
+# The files of result lines (eval: parts/rank-NNN.jsonl; eval-prompts: records.jsonl). A run
+# folder without a line has nothing to stay consistent with (summary.json and samples.jsonl are
+# derived from the lines and rewritten), so its configuration may still change: a corrected
+# command after, say, a model that failed to load.
+RESULT_FILES = ("records.jsonl",)
+# Folder names of dataset layouts (datasets.py), for the message about a dataset as --out.
+DATASET_DIRS = (
+    "images", "masks", "img", "gt", "im", "data_GT", "boundary_GT", "JPEGImages",
+    "SegmentationObject", "Imgs", "GT", "images_test", "masks_test", "inst",
+)  # fmt: skip
+
+
+def _reason(e: OSError) -> str:
+    return e.strerror or str(e) or type(e).__name__
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    p, f = path.resolve(), folder.resolve()
+    return p == f or f in p.parents
+
+
+@dataclass
+class RunFolder:
+    """What :func:`check_run_dir` found: ``doc`` is the folder's config.json document (None
+    for a new or empty folder); ``has_results`` whether any result line or summary exists."""
+
+    path: Path
+    kind: str
+    doc: dict[str, Any] | None
+    has_results: bool
+
+
+def has_results(run_dir: Path) -> bool:
+    """True when the folder holds any result line (a non-empty part or records file)."""
+    files = [run_dir / n for n in RESULT_FILES]
+    parts = run_dir / "parts"
+    if parts.is_dir():
+        files += list(parts.glob("rank-*.jsonl"))
+    return any(f.is_file() and f.stat().st_size > 0 for f in files)
+
+
+def _config_kind(doc: Any) -> str | None:
+    """``eval`` / ``prompts`` for a steadysam run configuration document, else None."""
+    if not (
+        isinstance(doc, dict)
+        and isinstance(doc.get("config"), dict)
+        and isinstance(doc.get("invocations"), list)
+    ):
+        return None
+    if doc.get("kind") in KINDS:
+        return doc["kind"]
+    conf = doc["config"]  # written before "kind" was recorded
+    return "prompts" if "prompts" in conf else "eval" if "clicks" in conf else None
+
+
+def read_run_config(run_dir: Path, kind: str) -> dict[str, Any]:
+    """The folder's config.json document; RunError naming the file when it cannot be read, is
+    not JSON, is not a steadysam run configuration, or is one of the other command's runs."""
     path = run_dir / "config.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        diff = {
-            k: (old["config"].get(k), now.get(k))
-            for k in semantic_keys
-            if old["config"].get(k) != now.get(k)
-        }
-        if diff:
-            raise RunError(
-                f"{run_dir} holds a run with a different configuration {diff}; "
-                "use another --out (or delete the directory)"
-            )
-        old["invocations"].append(invocation)
-        old["config"] = now
-        atomic_write_text(path, json.dumps(old, indent=2))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = _reason(e) if isinstance(e, OSError) else f"not UTF-8 text ({e.reason})"
+        raise RunError(f"cannot read {path}: {why}") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RunError(
+            f"{path} is not valid JSON ({e.msg}: line {e.lineno} column {e.colno}): a damaged "
+            "file, or not a steadysam run folder; use another --out (nothing was changed)"
+        ) from None
+    found = _config_kind(doc)
+    if found is None:
+        raise RunError(
+            f"{path} is not a steadysam run configuration, so {run_dir} is not a steadysam run "
+            "folder; use another --out (nothing was changed)"
+        )
+    if found != kind:
+        raise RunError(
+            f"{run_dir} holds a `{KINDS[found]}` run, not a `{KINDS[kind]}` run; use another --out"
+        )
+    return doc
+
+
+def _foreign(run_dir: Path, names: list[str]) -> RunError:
+    """The error for a non-empty folder without config.json, saying what is in it."""
+    shown = ", ".join(names[:6]) + (f", ... ({len(names)} entries)" if len(names) > 6 else "")
+    dirs = [n for n in names if n in DATASET_DIRS and (run_dir / n).is_dir()]
+    images = [n for n in names if Path(n).suffix.lower() in IMAGE_EXTS]
+    if dirs or images:
+        what = f"it looks like a dataset ({', '.join(dirs + images[:3])})"
+    elif "summary.json" in names or "parts" in names or "records.jsonl" in names:
+        what = "it holds run results but no config.json (not written by this version, or edited)"
     else:
-        doc = {"config": now, "versions": versions(), "invocations": [invocation]}
+        what = "it is not a steadysam run folder (no config.json)"
+    return RunError(
+        f"--out {run_dir} is not empty and {what}: found {shown}. --out must be a new or empty "
+        "folder, or the folder of the same run to resume it; nothing was changed"
+    )
+
+
+def _make_dir(run_dir: Path) -> None:
+    """Create the folder (and its parents); RunError naming the path when that fails."""
+    for parent in [run_dir, *run_dir.parents]:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                where = "is" if parent == run_dir else f"cannot be created: {parent} is"
+                raise RunError(f"run folder {run_dir} {where} a file, not a folder")
+            break
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot create run folder {run_dir}: {_reason(e)}") from None
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise RunError(f"cannot write into run folder {run_dir}: permission denied")
+
+
+def check_run_dir(
+    run_dir: Path,
+    kind: str,
+    now: dict[str, Any],
+    semantic_keys: tuple[str, ...],
+    dataset_root: Path | None = None,
+    data_root: str | os.PathLike | None = None,
+) -> RunFolder:
+    """Check that ``run_dir`` may take the run ``now`` of ``kind`` (``eval`` / ``prompts``) and
+    create it. Refused (RunError naming the folder): a folder inside the dataset folder
+    ``dataset_root`` or inside the ``data_root`` holding it (unless the working directory is
+    inside ``data_root`` too: then relative outputs land there on purpose), a file, a non-empty
+    folder without config.json (another tool's output, a dataset), a damaged or foreign
+    config.json, the other command's run, and a run with results whose configuration differs
+    in ``semantic_keys`` (each differing field with both values). Writes nothing but the
+    folder itself: :func:`write_run_config` does, once the model is built."""
+    roots = [dataset_root]
+    if data_root is not None and not _inside(Path.cwd(), Path(data_root)):
+        roots.append(Path(data_root))
+    for root in roots:
+        if root is not None and _inside(run_dir, root):
+            raise RunError(
+                f"--out {run_dir} is inside the dataset folder {root}: runs must not be written "
+                "into the data; use another --out"
+            )
+    doc, results = None, False
+    if run_dir.is_dir():
+        try:
+            names = sorted(p.name for p in run_dir.iterdir())
+        except OSError as e:
+            raise RunError(f"cannot read run folder {run_dir}: {_reason(e)}") from None
+        if "config.json" in names:
+            doc = read_run_config(run_dir, kind)
+            results = has_results(run_dir)
+            old = doc["config"]
+            diff = [k for k in semantic_keys if old.get(k) != now.get(k)]
+            if diff and results:
+                fields = "; ".join(f"{k}: {old.get(k)!r} there, {now.get(k)!r} now" for k in diff)
+                raise RunError(
+                    f"{run_dir} holds a run with a different configuration ({fields}); use "
+                    "another --out, or the same options to resume that run"
+                )
+        elif any(not n.startswith(".") for n in names):  # hidden files (.gitkeep) are no run
+            raise _foreign(run_dir, [n for n in names if not n.startswith(".")])
+    _make_dir(run_dir)
+    return RunFolder(run_dir, kind, doc, results)
+
+
+def weights_digest(predictor: Any) -> str | None:
+    """``steadysam.weights.digest.state_digest`` of the predictor's model (``predictor.model``),
+    or None for a predictor without a torch model (a test fake, a remote service): the weights
+    of such a run are unknown and not checked on resume."""
+    model = getattr(predictor, "model", None)
+    if model is None:
+        return None
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        return None
+    from steadysam.weights.digest import state_digest
+
+    return state_digest(model)
+
+
+def _weights_source(now: dict[str, Any]) -> str:
+    parts = [f"checkpoint {now['checkpoint']}" if now.get("checkpoint") else None]
+    parts.append(f"model {now['model']}" if now.get("model") else None)
+    parts.append(f"plugin {now['plugin']}" if now.get("plugin") else None)
+    text = ", ".join(p for p in parts if p) or "the given predictor"
+    if now.get("random_init"):
+        text += "; --random-init draws new weights on every build"
+    return text
+
+
+def write_run_config(
+    folder: RunFolder, now: dict[str, Any], digest: str | None, world: int = 1
+) -> str | None:
+    """Write config.json for the run ``now`` (with ``weights_digest``) into a folder checked by
+    :func:`check_run_dir`, appending this invocation. On resume (results present) the weights
+    digest must equal the recorded one: RunError naming both digests and the weights' source
+    (a file replaced behind the same checkpoint path). A digest recorded as None (a predictor
+    without a torch model) or by an older version without digests is not checked. Returns the
+    digest recorded (the folder's known one when the predictor has none)."""
+    run_dir, doc = folder.path, folder.doc
+    path = run_dir / "config.json"
+    now = {**now, "weights_digest": digest}
+    if doc is not None and folder.has_results:
+        old = doc["config"].get("weights_digest")
+        if old is not None and digest is not None and old != digest:
+            raise RunError(
+                f"{run_dir} holds results of other weights: weights digest {old} there, "
+                f"{digest} now ({_weights_source(now)}). The weights behind the same name or "
+                "path have changed; use another --out for these weights"
+            )
+        if digest is None:
+            now["weights_digest"] = old  # keep what is known
+        elif "weights_digest" not in doc["config"]:
+            print(
+                f"warning: {path} predates weights digests: cannot check that its results come "
+                f"from the same weights; recording {digest} from now on",
+                file=sys.stderr,
+            )
+    invocation = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": sys.argv, "world": world}
+    if doc is None:
+        doc = {"kind": folder.kind, "config": now, "versions": versions(), "invocations": []}
+    doc["kind"] = folder.kind
+    doc["config"] = now
+    doc["invocations"].append(invocation)
+    try:
         atomic_write_text(path, json.dumps(doc, indent=2))
+    except OSError as e:
+        raise RunError(f"cannot write {path}: {_reason(e)}") from None
+    return now["weights_digest"]
 
 
-def _prepare_run_dir(cfg: EvalConfig, run_dir: Path, world: int) -> None:
-    """Rank 0: create the directory or check that it holds the same configuration."""
-    prepare_run_dir(run_dir, dataclasses.asdict(cfg), SEMANTIC_KEYS, world)
-    (run_dir / "parts").mkdir(exist_ok=True)
-    if cfg.retry_errors:
-        for part in (run_dir / "parts").glob("rank-*.jsonl"):
-            keep = [r for r in read_jsonl(part) if "error" not in r]
-            atomic_write_text(part, "".join(json.dumps(r) + "\n" for r in keep))
+def _start_parts(cfg: EvalConfig, run_dir: Path) -> None:
+    """Rank 0, after config.json: the parts folder; with ``retry_errors`` the error lines go."""
+    try:
+        (run_dir / "parts").mkdir(exist_ok=True)
+        if cfg.retry_errors:
+            for part in (run_dir / "parts").glob("rank-*.jsonl"):
+                keep = [r for r in read_jsonl(part) if "error" not in r]
+                atomic_write_text(part, "".join(json.dumps(r) + "\n" for r in keep))
+    except OSError as e:
+        raise RunError(f"cannot write into run folder {run_dir}: {_reason(e)}") from None
+
+
+def require_results(summary: dict[str, Any], run_dir: Path, what: str, data: str) -> None:
+    """NoResultsError (exit 1) when no sample was evaluated successfully because all failed;
+    RunError (exit 2) when there was nothing to evaluate (no object in the images' masks)."""
+    if summary.get("num_samples"):
+        return
+    errors = summary.get("errors") or []
+    if not errors:
+        raise RunError(f"{data}: the masks of the images evaluated hold no object ({what})")
+    first = errors[0]
+    raise NoResultsError(
+        f"all {len(errors)} {what} failed; first error: {first['id']}: {first['error']} "
+        f"(all listed in {run_dir / 'summary.json'})",
+        summary,
+    )
 
 
 def _error(oid: str, item: ImageItem, order: list[int], exc: BaseException) -> dict[str, Any]:
@@ -397,13 +716,28 @@ def evaluate(
     if not cfg.model and not cfg.checkpoint and predictor is None and predictor_factory is None:
         raise RunError("give --model NAME or --checkpoint FILE")
     ds = loaded_dataset if loaded_dataset is not None else load_dataset(cfg.dataset, cfg.data_root)
+    require_images(ds, cfg.dataset)
     run_dir = cfg.run_dir()
+    now = dataclasses.asdict(cfg)
     dist = _Dist(cfg.device)
     try:
-        err = None
+        # Rank 0 checks the folder before any model is built, and writes config.json (with
+        # the weights digest) once the model is; every rank raises the same RunError.
+        err, folder, digest = None, None, None
         if dist.rank == 0:
             try:
-                _prepare_run_dir(cfg, run_dir, dist.world)
+                folder = check_run_dir(run_dir, "eval", now, SEMANTIC_KEYS, ds.root, cfg.data_root)
+            except RunError as e:
+                err = str(e)
+        err = dist.bcast(err)
+        if err:
+            raise RunError(err)
+        if predictor is None:
+            predictor = (predictor_factory or build_predictor)(cfg)
+        if dist.rank == 0:
+            try:
+                digest = write_run_config(folder, now, weights_digest(predictor), dist.world)
+                _start_parts(cfg, run_dir)
             except RunError as e:
                 err = str(e)
         err = dist.bcast(err)
@@ -412,8 +746,6 @@ def evaluate(
         done = {r["id"] for r in read_records(run_dir)}
         items = list(enumerate(ds.items))[: cfg.limit]
         mine = items[dist.rank :: dist.world]
-        if predictor is None:
-            predictor = (predictor_factory or build_predictor)(cfg)
         out = JsonlAppender(run_dir / "parts" / f"rank-{dist.rank:03d}.jsonl")
         try:
             _loop(cfg, predictor, mine, done, out, show=cfg.progress and dist.rank == 0)
@@ -424,10 +756,13 @@ def evaluate(
         if dist.rank == 0:
             meta = {k: getattr(cfg, k) for k in SEMANTIC_KEYS}
             meta.update(ignore=cfg.ignore_mode(), data_root=str(ds.root), num_images=len(items))
+            meta["weights_digest"] = digest
             summary = finalize(run_dir, meta, cfg.clicks)
-        return dist.bcast(summary)
+        summary = dist.bcast(summary)
     finally:
         dist.close()
+    require_results(summary, run_dir, "samples", f"dataset {cfg.dataset} at {ds.root}")
+    return summary
 
 
 def _loop(
