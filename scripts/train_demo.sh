@@ -12,6 +12,10 @@
 # Resumable: if interrupted, run it again; every stage continues from its last checkpoint
 # (a finished stage just re-exports). Everything else goes to $RUN (default runs/demo).
 #
+# Replacing the shipped weights is this script's deliberate act: training itself never writes
+# into the package (a run.export / run.out_dir inside src/steadysam is a config error), so after
+# each stage the script copies the stage's result from $RUN to $WEIGHTS (temporary file + mv).
+#
 # Environment: STEADYSAM_DATA (default ../shared/data), RUN, WEIGHTS, PY (the python to use),
 # STAGE1_ARGS / STAGE2_ARGS / STAGE3_ARGS (extra key=value overrides, e.g. STAGE1_ARGS="iters=100"
 # or STAGE3_ARGS="epochs=null iters=20" for a smoke run into another RUN / WEIGHTS).
@@ -33,10 +37,19 @@ data=(
 stage1="$RUN/stage1/final.safetensors"
 start=$SECONDS
 
+# publish SRC DEST: copy a trained file over a shipped one, atomically (temporary file + mv).
+publish() {
+  mkdir -p "$(dirname "$2")"
+  cp "$1" "$2.tmp.$$"
+  mv -f "$2.tmp.$$" "$2"
+  echo "exported $1 -> $2"
+}
+
 echo "== stage 1: SAM from scratch -> $WEIGHTS/demo_sam.safetensors"
 # shellcheck disable=SC2086  # STAGE1_ARGS is a list of overrides
 $PY -m steadysam train configs/demo_tiny.yaml "${data[@]}" \
-  "run.out_dir=$RUN/stage1" "run.export=$WEIGHTS/demo_sam.safetensors" ${STAGE1_ARGS:-}
+  "run.out_dir=$RUN/stage1" ${STAGE1_ARGS:-}
+publish "$stage1" "$WEIGHTS/demo_sam.safetensors"
 
 echo "== embedding cache (stage-1 encoder, fp16) -> $RUN/cache"
 $PY -m steadysam embed configs/demo_tiny_stage2.yaml "${data[@]}" \
@@ -46,7 +59,8 @@ echo "== stage 2: FocSAM refiner -> $WEIGHTS/demo_focsam.safetensors"
 # shellcheck disable=SC2086
 $PY -m steadysam train configs/demo_tiny_stage2.yaml "${data[@]}" \
   "model.checkpoint=$stage1" "data.cache=$RUN/cache" \
-  "run.out_dir=$RUN/stage2" "run.export=$WEIGHTS/demo_focsam.safetensors" ${STAGE2_ARGS:-}
+  "run.out_dir=$RUN/stage2" ${STAGE2_ARGS:-}
+publish "$RUN/stage2/final.safetensors" "$WEIGHTS/demo_focsam.safetensors"
 
 echo "== stage 3: Stable-SAM plugin (RTS) -> $WEIGHTS/demo_stable_plugin.safetensors"
 # The stage-1 encoder is frozen here too: the stage-2 cache serves (this only checks it).
@@ -54,8 +68,8 @@ $PY -m steadysam embed configs/demo_tiny_rts.yaml "${data[@]}" \
   "model.checkpoint=$stage1" --out "$RUN/cache" --fp16 --measure 0 --no-progress
 # shellcheck disable=SC2086
 $PY -m steadysam train configs/demo_tiny_rts.yaml "${data[@]}" \
-  "model.checkpoint=$stage1" "data.cache=$RUN/cache" "run.out_dir=$RUN/rts" \
-  "run.export_plugin=$WEIGHTS/demo_stable_plugin.safetensors" ${STAGE3_ARGS:-}
+  "model.checkpoint=$stage1" "data.cache=$RUN/cache" "run.out_dir=$RUN/rts" ${STAGE3_ARGS:-}
+publish "$RUN/rts/plugin.safetensors" "$WEIGHTS/demo_stable_plugin.safetensors"
 
 for f in "$WEIGHTS/demo_sam.safetensors" "$WEIGHTS/demo_focsam.safetensors" \
   "$WEIGHTS/demo_stable_plugin.safetensors"; do

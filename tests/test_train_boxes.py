@@ -14,13 +14,14 @@ from test_train_support import (
     tiny_overrides,
 )
 
-from steadysam.models.build import build_sam, sam_config
+from steadysam.models.build import build_sam
 from steadysam.prompts import mask_box
 from steadysam.train.build import build_train_model
 from steadysam.train.config import load_config
 from steadysam.train.data import ImageSpec, TrainSamples, build_sources, collate
 from steadysam.train.loop import TrainStep, _iteration_rngs
 from steadysam.train.simulate import jittered_box, simulate
+from steadysam.weights.registry import sam_config
 
 
 @pytest.fixture(scope="module")

@@ -139,7 +139,8 @@ def test_embedding_cache_fp16_resumable_and_checked(focsam_stages, capsys, tmp_p
     assert "made with other settings (color_aug)" in capsys.readouterr().err
     other = randomize_(build_sam(focsam_stages["cfg1"].arch()), seed=9)
     ckpt = save_checkpoint(other, tmp_path / "other.safetensors")
-    cfg = load_config(CONFIGS / "focsam_stage1.yaml", [*ov1, f"model.checkpoint={ckpt}"])
+    ov = [*ov1, f"model.checkpoint={ckpt}", f"run.out_dir={tmp_path / 'run'}"]  # a new run
+    cfg = load_config(CONFIGS / "focsam_stage1.yaml", ov)
     with pytest.raises(CacheError, match="different image encoder"):
         train(cfg)
 

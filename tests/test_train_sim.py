@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from steadysam.clicks import Click
-from steadysam.models.build import build_sam, sam_config
+from steadysam.models.build import build_sam
 from steadysam.train.simulate import click_tensors, simulate
+from steadysam.weights.registry import sam_config
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ EPILOG_TRAIN = """\
 overrides: dotted keys of the YAML, values parsed as YAML, e.g.
   steadysam train configs/focsam_stage1.yaml optim.lr=3e-4 data.batch_size=4 \\
       data.datasets.0.images=/data/coco/train2017 run.out_dir=runs/s1
-Re-running the same command resumes from the newest checkpoint in run.out_dir.
+Re-running the same command resumes from the newest checkpoint in run.out_dir (settings
+that change results must be the same: a difference is an error listing them).
 Multi-GPU / multi-process: torchrun --nproc_per_node N -m steadysam train ...
 """
 
@@ -44,7 +45,11 @@ def add_parsers(subparsers: Any) -> None:
     )
     p.add_argument("config", help="YAML recipe, e.g. configs/focsam_stage1.yaml")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start over in run.out_dir: delete the checkpoints of the run found there",
+    )
     p.add_argument("--print-config", action="store_true", help="print the config and exit")
     p.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
@@ -142,10 +147,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
     import torch
 
     from .build import build_train_model, init_distributed
+    from .config import check_output_path
     from .data import ImageSpec, TrainSamples, build_sources
     from .embed_cache import build_cache, fp16_loss_effect
 
     cfg = _embed_config(args)
+    check_output_path("--out", args.out)
     dist = init_distributed(args.device)
     model = build_train_model(cfg).to(dist.device).eval()
     sources = build_sources(cfg.data)

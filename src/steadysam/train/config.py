@@ -28,6 +28,41 @@ class ConfigError(ValueError):
     """A bad training configuration (unknown key, wrong type, inconsistent settings)."""
 
 
+# Paths a run writes to (or, for the cache, that `steadysam embed` fills): never inside the
+# installed package, whose files (the shipped demo weights) a run must not replace.
+OUTPUT_KEYS = ("run.out_dir", "run.export", "run.export_plugin", "data.cache")
+
+
+def package_dir() -> Path:
+    """The installed ``steadysam`` package folder, symlinks resolved."""
+    import steadysam
+
+    return Path(steadysam.__file__).resolve().parent
+
+
+def inside_package(path: str | Path) -> bool:
+    """Whether ``path`` (relative to the working directory; symlinks resolved, the path itself
+    need not exist) is the package folder or inside it."""
+    return Path(path).resolve().is_relative_to(package_dir())
+
+
+def check_output_path(key: str, value: str | Path | None) -> None:
+    """ConfigError when the output ``value`` of ``key`` lies inside the installed package."""
+    if value is None or not inside_package(value):
+        return
+    raise ConfigError(
+        f"{key} {str(value)!r} is inside the installed steadysam package ({package_dir()}): "
+        "training and embedding never write there; choose a path outside it (to replace the "
+        "shipped demo weights, copy trained files there yourself, as scripts/train_demo.sh does)"
+    )
+
+
+def check_outputs(cfg: TrainConfig) -> None:
+    for key in OUTPUT_KEYS:
+        section, name = key.split(".")
+        check_output_path(key, getattr(getattr(cfg, section), name))
+
+
 @dataclass
 class DatasetConfig:
     """One training source. ``weight`` multiplies its size in the mixture: with all weights 1
@@ -211,6 +246,7 @@ class TrainConfig:
         if self.sim.box_prob > 0 and self.stage != "sam":
             raise ConfigError("sim.box_prob is used by stage sam only: set it to 0")
         self._validate_rts()
+        check_outputs(self)
         return self
 
     def _validate_rts(self) -> None:
@@ -228,8 +264,8 @@ class TrainConfig:
 
     def arch(self):
         """The model's SamConfig: the named architecture with ``model.arch`` applied."""
-        from ..models.build import sam_config
         from ..models.config import SamConfig
+        from ..weights.registry import sam_config
 
         try:
             base = sam_config(self.model.name).to_dict()
@@ -346,10 +382,12 @@ def apply_override(cfg: TrainConfig, text: str) -> None:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value, e.g. optim.lr=3e-4")
     key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {text!r} has no key before '=', e.g. optim.lr=3e-4")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: cannot parse value: {e}") from None
+        raise ConfigError(f"override {text!r}: the value{yaml_error(e, lines=False)}") from None
     parts = key.strip().split(".")
     obj: Any = cfg
     for i, part in enumerate(parts):
@@ -380,6 +418,26 @@ def apply_override(cfg: TrainConfig, text: str) -> None:
             raise ConfigError(f"{path!r}: {'.'.join(parts[:i])} has no fields")
 
 
+def yaml_error(e: yaml.YAMLError, lines: bool = True) -> str:
+    """One line for a YAML parse error: where (line, column, 1-based) and what, e.g.
+    `` line 3, column 5: not valid YAML: mapping values are not allowed here``."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None and lines else ""
+    if mark is not None and not lines:
+        where = f" at character {mark.column + 1}"
+    context = getattr(e, "context", None)
+    cmark = getattr(e, "context_mark", None)
+    if context and cmark is not None and lines:
+        context = f"{context} started at line {cmark.line + 1}, column {cmark.column + 1}"
+    return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
+
+
+def _errno(e: OSError) -> str:
+    """An OSError's reason without the errno number and path: 'permission denied'."""
+    return (e.strerror or type(e).__name__).lower()
+
+
 def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     """Mappings merge key by key; anything else (lists included) is replaced."""
     out = dict(base)
@@ -392,13 +450,22 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A YAML recipe as a mapping; ``base: other.yaml`` (relative to this file) is read first
     and this file's keys are merged over it."""
     if not path.is_file():
-        raise FileNotFoundError(f"training config not found: {str(path)!r}")
+        what = "is a folder, not a file" if path.is_dir() else "no such file"
+        raise FileNotFoundError(f"training config {str(path)!r}: {what}")
     if path.resolve() in seen:
         raise ConfigError(f"{str(path)!r}: circular 'base' chain")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{str(path)!r} is not a UTF-8 text file ({e.reason} at byte {e.start})"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"training config {str(path)!r}: cannot read it ({_errno(e)})") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{str(path)!r} is not valid YAML: {e}") from None
+        raise ConfigError(f"{str(path)!r}{yaml_error(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{str(path)!r}: expected a mapping at the top level")
     base = data.pop("base", None)
@@ -434,3 +501,102 @@ def dump_config(cfg: TrainConfig) -> str:
         return x
 
     return yaml.safe_dump(plain(cfg.to_dict()), sort_keys=False)
+
+
+# -- resuming: which settings may change between the runs of one run folder -------------------
+# Settings that do not change what a run computes: a resumed run may change them freely. Every
+# other setting (stage, iters, seed, model, data, sim, rts, loss, optim) changes the result, so
+# resuming with a different value is an error (resume_differences). ``epochs`` is compared
+# through the iterations it resolves to. Device and threads do not change the result beyond
+# floating-point rounding (a run moved to another device or thread count is no longer bit for
+# bit the run that was never stopped).
+RESUME_FREE_KEYS = (
+    "epochs",
+    "data.num_workers",
+    "run.out_dir",
+    "run.checkpoint_every",
+    "run.keep_checkpoints",
+    "run.log_every",
+    "run.export",
+    "run.export_plugin",
+    "run.device",
+    "run.progress",
+    "run.plot",
+    "run.threads",
+)
+
+
+_ABSENT = "<absent>"
+
+
+def _diff(a: Any, b: Any, key: str, out: list[tuple[str, Any, Any]]) -> None:
+    """Append (dotted key, a, b) for every differing leaf; mappings (and equally long lists of
+    mappings, by index) are walked, anything else is compared whole."""
+    if key and _free(key):
+        return
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in [*b, *(k for k in a if k not in b)]:  # the new config's order, then the rest
+            _diff(a.get(k, _ABSENT), b.get(k, _ABSENT), f"{key}.{k}" if key else str(k), out)
+    elif (
+        isinstance(a, list)
+        and isinstance(b, list)
+        and len(a) == len(b)
+        and all(isinstance(v, dict) for v in a + b)
+    ):
+        for i, (va, vb) in enumerate(zip(a, b, strict=True)):
+            _diff(va, vb, f"{key}.{i}", out)
+    elif a != b:
+        out.append((key, a, b))
+
+
+def _plain(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as the YAML of config.yaml reads back (tuples as lists), with ``model.arch``
+    replaced by the architecture it resolves to (``{}`` and ``{refiner: null}`` on a model
+    without refiner are the same model)."""
+    data = yaml.safe_load(dump_config(cfg))
+    data["model"]["arch"] = yaml.safe_load(yaml.safe_dump(_as_lists(cfg.arch().to_dict())))
+    return data
+
+
+def _as_lists(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _as_lists(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_as_lists(v) for v in x]
+    return x
+
+
+def resume_differences(saved: dict[str, Any], cfg: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, new value) for every setting that changes results and differs
+    between a run folder's saved config (config.yaml, iterations resolved) and ``cfg`` (also
+    resolved). Keys of RESUME_FREE_KEYS are ignored; a key only one side has counts as
+    differing (its value on the other side shows as ``<absent>``)."""
+    try:
+        old = _plain(from_dict(TrainConfig, saved))
+    except (ConfigError, KeyError, TypeError, ValueError):  # a config of another version
+        old = saved
+    new = _plain(cfg)
+    diffs: list[tuple[str, Any, Any]] = []
+    _diff(old, new, "", diffs)
+    if any(k == "iters" for k, _, _ in diffs) and old.get("epochs") != new.get("epochs"):
+        diffs.append(("epochs", old.get("epochs"), new.get("epochs")))  # where iters come from
+    return diffs
+
+
+def _free(key: str) -> bool:
+    return any(key == f or key.startswith(f + ".") for f in RESUME_FREE_KEYS)
+
+
+def show_value(v: Any) -> str:
+    """A config value as it would be written in an override: null, true, 3e-4, [a, b], 'x'."""
+    if isinstance(v, str) and v != _ABSENT:
+        return repr(v)
+    if isinstance(v, (list, dict, bool)) or v is None:
+        return (
+            yaml.safe_dump(v, default_flow_style=True, width=10**6)
+            .strip()
+            .removesuffix("\n...")
+            .removesuffix("...")
+            .strip()
+        )
+    return str(v)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from ..preprocess import Frame, image_to_tensor, load_image
@@ -119,22 +120,69 @@ class TrainSamples(Dataset):
 
     def load_image(self, d: int, i: int, rng: np.random.Generator | None) -> torch.Tensor:
         """Image ``i`` of source ``d`` -> 3 x S x S model input; colour-augmented with ``rng``."""
-        rgb = load_image(self.sources[d].paths[i])
+        return self._to_input(self._read_rgb(d, i), rng)
+
+    def _read_rgb(self, d: int, i: int) -> np.ndarray:
+        src = self.sources[d]
+        try:
+            return load_image(src.paths[i])
+        except Exception as e:  # ImageError names the file already; say which dataset
+            raise DatasetError(f"dataset {src.name!r}: {_reason(e)}") from e
+
+    def _to_input(self, rgb: np.ndarray, rng: np.random.Generator | None) -> torch.Tensor:
         if rng is not None:
             rgb = color_augment_rgb(rgb, rng)
         frame = Frame.create(self.spec.preprocess, rgb.shape[:2], self.spec.image_size)
         return image_to_tensor(rgb, frame, self.mean, self.std)[0]
 
+    def _sample_object(self, d: int, i: int, rng: np.random.Generator) -> np.ndarray:
+        src = self.sources[d]
+        try:
+            return src.sample_object(i, rng)
+        except DatasetError:
+            raise
+        except Exception as e:  # PIL / pycocotools fail in many ways on a damaged file
+            raise DatasetError(
+                f"dataset {src.name!r}: cannot read the {src.mask_label(i)} of image "
+                f"{str(src.paths[i])!r} ({_reason(e)})"
+            ) from e
+
+    def _image_size(self, d: int, i: int) -> tuple[int, int]:
+        """(H, W) of an image file from its header (images are not decoded with a cache)."""
+        path = self.sources[d].paths[i]
+        try:
+            with Image.open(path) as im:
+                return im.height, im.width
+        except Exception as e:
+            raise DatasetError(
+                f"dataset {self.sources[d].name!r}: cannot read image {str(path)!r} ({_reason(e)})"
+            ) from e
+
     def __getitem__(self, n: int) -> dict:
         rng = np.random.default_rng([self.seed, 11, n])
+        empty: list[str] = []
         for attempt in range(100):
             d, i = self.mixture.locate(n + attempt * self.mixture.length // 7 + attempt)
-            obj = self.sources[d].sample_object(i, rng)
+            obj = self._sample_object(d, i, rng)
             if obj.any():
                 break
+            empty.append(self.sources[d].mask_label(i))
         else:
-            raise DatasetError(f"no non-empty object found near sample {n}: are masks empty?")
+            shown = ", ".join(dict.fromkeys(empty[:3]))
+            raise DatasetError(
+                f"100 draws near sample {n} found only empty objects (e.g. {shown}): are the "
+                "masks empty (all zero)?"
+            )
         src = self.sources[d]
+        rgb = None if self.cache is not None else self._read_rgb(d, i)
+        size = self._image_size(d, i) if rgb is None else rgb.shape[:2]
+        if tuple(size) != obj.shape:
+            raise DatasetError(
+                f"dataset {src.name!r}: the {src.mask_label(i)} is {_hw(obj.shape)} but its "
+                f"image {str(src.paths[i])!r} is {_hw(size)} (H x W); masks must have their "
+                "image's size (fix the pair, then run the same command again: it resumes "
+                "from the last checkpoint)"
+            )
         frame = Frame.create(self.spec.preprocess, obj.shape, self.spec.image_size)
         out = {
             "gt": mask_to_frame(obj, frame),
@@ -145,11 +193,20 @@ class TrainSamples(Dataset):
         if self.cache is not None:
             out["embed"] = self.cache.load(out["key"])
         else:
-            image = self.load_image(d, i, rng if self.color_aug else None)
+            image = self._to_input(rgb, rng if self.color_aug else None)
             if tuple(image.shape[-2:]) != (self.spec.image_size,) * 2:
                 raise DatasetError(f"{src.paths[i]}: unexpected model input {image.shape}")
             out["image"] = image
         return out
+
+
+def _hw(shape) -> str:
+    return f"{shape[0]} x {shape[1]}"
+
+
+def _reason(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def collate(samples: list[dict]) -> dict:

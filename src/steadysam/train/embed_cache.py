@@ -2,8 +2,9 @@
 
 Layout of a cache folder::
 
-    meta.json        what made it: encoder fingerprint, image size, convention, dtype, colour
-                     augmentation + seed (a mismatch on reuse is an error)
+    meta.json        what made it: cache format version, encoder digest (state_digest of the
+                     image encoder), image size, convention, dtype, colour augmentation + seed
+                     (a mismatch on reuse is an error)
     index.json       meta + the list of complete entries (written when a run finishes)
     embeds/<key>.npy C x h x w float16/float32, one per image, written atomically
 
@@ -27,31 +28,22 @@ import torch
 
 from ..atomic import atomic_path
 from ..models.sam import Sam
+from ..weights.digest import state_digest
 from .data import ImageSpec, TrainSamples, cache_key
 from .sources import Source
 
-VERSION = 1
+# 2: the encoder fingerprint is steadysam.weights.digest.state_digest (1: a hash of its own)
+VERSION = 2
 
 
 class CacheError(ValueError):
     """A cache that is missing, incomplete or made for another model / setting."""
 
 
-def encoder_fingerprint(model: Sam) -> str:
-    """sha256 over the image encoder's weights (names, shapes, bytes): identifies the encoder
-    the cache belongs to."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.image_encoder.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
-    return h.hexdigest()[:32]
-
-
 def cache_meta(model: Sam, dtype: str, color_aug: bool, seed: int) -> dict[str, Any]:
     return {
         "version": VERSION,
-        "encoder": encoder_fingerprint(model),
+        "encoder": state_digest(model.image_encoder),
         "image_size": model.image_size,
         "preprocess": model.config.preprocess,
         "dtype": dtype,
@@ -87,11 +79,17 @@ class EmbeddingCache:
         self.keys = set(data["keys"])
 
     def check(self, model: Sam, keys: list[str]) -> None:
+        if self.meta.get("version") != VERSION:
+            raise CacheError(
+                f"cache {str(self.folder)!r} has format version {self.meta.get('version')!r}, "
+                f"this steadysam reads version {VERSION}; re-create it (steadysam embed into a "
+                "new --out folder, or delete this one first)"
+            )
         want = {"image_size": model.image_size, "preprocess": model.config.preprocess}
         for k, v in want.items():
             if self.meta.get(k) != v:
                 raise CacheError(f"cache {str(self.folder)!r}: {k} {self.meta.get(k)!r} != {v!r}")
-        if self.meta.get("encoder") != encoder_fingerprint(model):
+        if self.meta.get("encoder") != state_digest(model.image_encoder):
             raise CacheError(
                 f"cache {str(self.folder)!r} was computed with a different image encoder; "
                 "re-create it for this model (steadysam embed)"
@@ -104,7 +102,15 @@ class EmbeddingCache:
             )
 
     def load(self, key: str) -> torch.Tensor:
-        return torch.from_numpy(np.load(self.folder / "embeds" / f"{key}.npy")).float()
+        path = self.folder / "embeds" / f"{key}.npy"
+        try:
+            return torch.from_numpy(np.load(path)).float()
+        except (OSError, ValueError, EOFError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CacheError(
+                f"embedding cache entry {str(path)!r} cannot be read ({reason}); delete it and "
+                "run steadysam embed again to re-create it"
+            ) from e
 
 
 def unique_images(sources: list[Source]) -> list[tuple[str, int, int]]:
@@ -147,6 +153,11 @@ def build_cache(
     if meta_path.is_file():
         old = json.loads(meta_path.read_text())
         diff = sorted(k for k in meta if old.get(k) != meta[k])
+        if old.get("version") != VERSION:
+            raise CacheError(
+                f"cache {str(out)!r} has format version {old.get('version')!r}, this steadysam "
+                f"writes version {VERSION}; use another --out or delete it"
+            )
         if diff:
             raise CacheError(
                 f"cache {str(out)!r} was made with other settings ({', '.join(diff)}); "

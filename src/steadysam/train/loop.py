@@ -11,9 +11,11 @@ exactly as if never stopped.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
+import os
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ import torch.nn as nn
 
 from ..models.sam import Sam
 from ..prompts import Prompt, rts_prompt
+from ..weights.digest import state_digest
 from .build import (
     Dist,
     build_optimizer,
@@ -31,12 +34,20 @@ from .build import (
     build_train_model,
     init_distributed,
 )
-from .config import TrainConfig, dump_config
-from .data import ImageSpec, IterationBatches, Mixture, TrainSamples, build_sources, collate
+from .config import ConfigError, TrainConfig, dump_config, resume_differences, show_value
+from .data import (
+    DatasetError,
+    ImageSpec,
+    IterationBatches,
+    Mixture,
+    TrainSamples,
+    build_sources,
+    collate,
+)
 from .losses import mask_iou, normalized_focal_loss, point_loss, sampled_mask_loss
 from .runlog import CsvLog, plot_losses
 from .simulate import jittered_box, simulate, truncated_geometric
-from .state import list_checkpoints, load_state, save_state
+from .state import ResumeError, list_checkpoints, load_latest, save_state, set_rng_state
 
 
 class TrainStep(nn.Module):
@@ -246,6 +257,125 @@ def _reduce_mean(values: dict[str, float], dist: Dist) -> dict[str, float]:
     return {k: float(v) / dist.world for k, v in zip(keys, t.tolist(), strict=True)}
 
 
+def _quiet(_: str) -> None:
+    pass
+
+
+def _warn(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _batches(loader):
+    """The loader's batches. A data error (DatasetError, CacheError) raised in a loader worker
+    comes back from torch with the worker's whole traceback as its message; it is re-raised
+    here as the same type with the original one-line message (a damaged or mismatched file
+    names itself in one line). Other errors keep torch's message, traceback included."""
+    from .embed_cache import CacheError
+
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except BaseException as e:
+            stop = getattr(it, "_shutdown_workers", None)  # the workers end now, not at exit
+            if stop is not None:
+                stop()
+            short = _one_line(e) if isinstance(e, (DatasetError, CacheError)) else e
+            if short is not e:
+                raise short from None
+            raise
+        yield batch
+
+
+def _one_line(e: Exception) -> Exception:
+    """``e`` as torch re-raises it from a worker ("Caught X in DataLoader worker process 0.
+    Original Traceback ...: X: message") -> the same type with the original message."""
+    text = str(e).strip()
+    if not (text.startswith("Caught ") and "DataLoader worker" in text):
+        return e
+    last = text.splitlines()[-1]
+    try:
+        return type(e)(last.partition(": ")[2] or last)
+    except Exception:
+        return e
+
+
+def _reason(e: OSError) -> str:
+    return (e.strerror or type(e).__name__).lower()
+
+
+def prepare_out_dir(out: Path) -> None:
+    """Create the run folder and check that files can be written in it; ConfigError naming
+    ``run.out_dir`` and the reason otherwise (a parent that is a file, no permission)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"run.out_dir {str(out)!r} exists and is not a folder") from None
+    except OSError as e:
+        blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+        why = f"{str(blocker)!r} is a file" if blocker is not None else _reason(e)
+        raise ConfigError(f"run.out_dir {str(out)!r}: cannot create the folder ({why})") from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(
+            f"run.out_dir {str(out)!r}: cannot write into the folder ({_reason(e)})"
+        ) from None
+
+
+def check_writable_file(key: str, value: str | None) -> None:
+    """An output file the run writes at its end (run.export): checked when the run starts, so
+    a bad path does not fail after hours of training. Creates nothing."""
+    if not value:
+        return
+    path = Path(value)
+    if path.is_dir():
+        raise ConfigError(f"{key} {value!r} is a folder; give a file name (.safetensors)")
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise ConfigError(f"{key} {value!r}: cannot create it ({str(parent)!r} is a file)")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"{key} {value!r}: cannot write there (permission denied)")
+
+
+def check_resume_config(
+    out: Path, cfg: TrainConfig, saved: dict[str, Any] | None = None, where: Path | None = None
+) -> None:
+    """ConfigError when the run folder's saved config (config.yaml, or the checkpoint's copy)
+    differs from ``cfg`` in a setting that changes results (config.RESUME_FREE_KEYS may
+    change); each such setting is listed with its saved and new value."""
+    import yaml
+
+    source = where or out / "config.yaml"
+    if saved is None:
+        if not source.is_file():
+            return
+        try:
+            saved = yaml.safe_load(source.read_text())
+        except (yaml.YAMLError, OSError, UnicodeDecodeError):
+            saved = None
+        if not isinstance(saved, dict):
+            raise ConfigError(
+                f"{str(source)!r} cannot be read as a run config, so resuming this run cannot "
+                "be checked; start over with --no-resume (deletes the checkpoints) or choose "
+                "another run.out_dir"
+            )
+    diffs = resume_differences(saved, cfg)
+    if not diffs:
+        return
+    listed = "; ".join(f"{k}: {show_value(a)} -> {show_value(b)}" for k, a, b in diffs)
+    raise ConfigError(
+        f"run.out_dir {str(out)!r} holds checkpoints of a run with other settings (saved in "
+        f"{str(source)!r}), and resuming would mix the two: {listed}. To resume it, run with its "
+        "saved settings; to start over in this folder, add --no-resume (deletes its "
+        "checkpoints); or choose another run.out_dir"
+    )
+
+
 def train(cfg: TrainConfig, resume: bool = True) -> Path:
     """Run (or resume) a training run; returns the exported final ``.safetensors``.
 
@@ -261,18 +391,10 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
         torch.set_num_threads(threads)
 
 
-def _digest(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:24]
-
-
 def _check_sync(model: nn.Module, first_keys: list[str], out: Path, dist: Dist) -> None:
     """All ranks must end with identical weights (DDP keeps them in sync); written to
     ranks.json so the run records it."""
-    mine = {"rank": dist.rank, "digest": _digest(model), "first_keys": first_keys}
+    mine = {"rank": dist.rank, "digest": state_digest(model), "first_keys": first_keys}
     gathered: list[Any] = [None] * dist.world
     torch.distributed.all_gather_object(gathered, mine)
     if dist.main:
@@ -289,7 +411,10 @@ def _train(cfg: TrainConfig, resume: bool) -> Path:
     dist = init_distributed(cfg.run.device)
     out = Path(cfg.run.out_dir)
     ckdir = out / "checkpoints"
-    model = build_train_model(cfg).to(dist.device)
+    if dist.main:  # before anything costly: a run that cannot write its results must not start
+        prepare_out_dir(out)
+        for key in ("export", "export_plugin"):
+            check_writable_file(f"run.{key}", getattr(cfg.run, key))
     sources = build_sources(cfg.data)
     weights = [d.weight for d in cfg.data.datasets]
     if cfg.epochs is not None:
@@ -302,9 +427,28 @@ def _train(cfg: TrainConfig, resume: bool) -> Path:
                 f"epochs {cfg.epochs:g} x {per_epoch} samples / batch {cfg.data.batch_size} "
                 f"-> {cfg.iters} iterations"
             )
+    for stale in ckdir.glob(".iter_*.tmp") if dist.main else ():  # left by a kill mid-write
+        stale.unlink(missing_ok=True)
+    state: dict[str, Any] | None = None
+    resumed_from: Path | None = None
+    if resume and list_checkpoints(ckdir):
+        check_resume_config(out, cfg)  # the cheap check first: config.yaml
+        latest = load_latest(ckdir, move_aside=dist.main, warn=_warn if dist.main else _quiet)
+        if latest is not None:
+            _, resumed_from, state = latest
+            if not (out / "config.yaml").is_file() and "train_config" in state:
+                check_resume_config(out, cfg, state["train_config"], resumed_from)
+    elif not resume and dist.main:
+        removed = list_checkpoints(ckdir)
+        for _, path in removed:
+            path.unlink(missing_ok=True)
+        if removed:
+            n = len(removed)
+            print(f"--no-resume: removed the {n} checkpoint(s) of the previous run in {ckdir}")
+    dist.barrier()
     if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_config(cfg))  # with the iterations resolved
+    model = build_train_model(cfg).to(dist.device)  # after the checks: it may load GBs
     cache = None
     if cfg.data.cache:
         from .embed_cache import EmbeddingCache, unique_images
@@ -318,20 +462,29 @@ def _train(cfg: TrainConfig, resume: bool) -> Path:
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg)
     start = 0
-    for stale in ckdir.glob(".iter_*.tmp") if dist.main else ():  # left by a kill mid-write
-        stale.unlink(missing_ok=True)
-    found = list_checkpoints(ckdir) if resume else []
-    if found:
-        state = load_state(found[-1][1])
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        from .state import set_rng_state
-
+    if dist.world > 1:  # every rank must resume from the same checkpoint
+        its: list[Any] = [None] * dist.world
+        torch.distributed.all_gather_object(its, -1 if state is None else int(state["iteration"]))
+        if len(set(its)) != 1:
+            raise ResumeError(f"the processes found different checkpoints to resume from: {its}")
+    if state is not None:
+        path = resumed_from
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ResumeError(
+                f"checkpoint {str(path)!r} does not fit this configuration ({first}); start "
+                "over with --no-resume (deletes the checkpoints) or choose another run.out_dir"
+            ) from None
         set_rng_state(state["rng"])
         start = int(state["iteration"])
         if state.get("world_size", dist.world) != dist.world and dist.main:
-            print(f"warning: resuming a {state['world_size']}-process run on {dist.world}")
+            _warn(f"warning: resuming a {state['world_size']}-process run on {dist.world}")
+        if dist.main:
+            print(f"resuming from {str(path)!r} (iteration {start} of {cfg.iters})")
     model.train()
     step: nn.Module = TrainStep(model, cfg)
     if dist.world > 1:
@@ -352,7 +505,7 @@ def _train(cfg: TrainConfig, resume: bool) -> Path:
     acc: dict[str, list[float]] = {}
     t_last, n_last = time.perf_counter(), start
     first_keys: list[str] = []
-    for it, batch in enumerate(_loader(samples, cfg, start, dist), start=start):
+    for it, batch in enumerate(_batches(_loader(samples, cfg, start, dist)), start=start):
         first_keys = first_keys or list(batch["key"])
         rng, gen = _iteration_rngs(cfg.seed, it, dist.rank)
         losses = step(batch, rng, gen)
@@ -381,7 +534,7 @@ def _train(cfg: TrainConfig, resume: bool) -> Path:
             acc, t_last, n_last = {}, time.perf_counter(), done
         if done % cfg.run.checkpoint_every == 0 or done == cfg.iters:
             if dist.main:
-                extra = {"config": cfg.to_dict(), "world_size": dist.world}
+                extra = {"train_config": cfg.to_dict(), "world_size": dist.world}
                 keep = cfg.run.keep_checkpoints
                 save_state(ckdir, done, model, optimizer, scheduler, extra, keep)
                 if cfg.run.plot and log is not None:

@@ -87,6 +87,11 @@ class Source:
     def sample_object(self, i: int, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError
 
+    def mask_label(self, i: int) -> str:
+        """Where image ``i``'s masks come from, for messages (a file, or an annotation file
+        and image id)."""
+        raise NotImplementedError
+
 
 class FolderSource(Source):
     """``images/`` + ``masks/`` paired by file stem (mask ``<stem>.png`` or any image
@@ -116,6 +121,9 @@ class FolderSource(Source):
             )
         self.paths = imgs
         self.mask_paths = [by_stem[p.stem] for p in imgs]
+
+    def mask_label(self, i: int) -> str:
+        return f"mask {str(self.mask_paths[i])!r}"
 
     def sample_object(self, i: int, rng: np.random.Generator) -> np.ndarray:
         labels = read_mask(self.mask_paths[i])
@@ -196,10 +204,17 @@ class CocoSource(Source):
         if not self.items:
             raise DatasetError(f"{what} {cfg.annotations!r}: no image has an annotation")
         self.infos = infos
+        self.annotations = cfg.annotations
         self.paths = [_image_file(root, infos[it[0]]) for it in self.items]
         _check_files(self.paths, f"dataset {cfg.name!r} ({str(root)!r})")
         if self.panoptic:
             _check_files([it[1] for it in self.items], f"dataset {cfg.name!r} panoptic PNGs")
+
+    def mask_label(self, i: int) -> str:
+        img_id, png, _ = self.items[i]
+        if png is not None:
+            return f"panoptic mask {str(png)!r}"
+        return f"annotations {self.annotations!r} (image id {img_id})"
 
     def _ann_mask(self, ann_id: int) -> np.ndarray:
         ann = self.coco.anns[ann_id]
