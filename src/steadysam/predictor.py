@@ -1,8 +1,8 @@
 """Interactive prediction: one image embedding, many objects, each with its own click history.
 
 ``Predictor`` mirrors segment-anything's ``SamPredictor`` (set_image / predict) and adds
-per-object sessions that follow the FocSAM protocol (spec §1.2): single-mask output, the previous
-low-res logits as mask prompt, and the focus refiner run once per object.
+per-object sessions that follow the FocSAM protocol (docs/focsam.md §1.2): single-mask output,
+the previous low-res logits as mask prompt, and the focus refiner run once per object.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import hashlib
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,16 @@ class Predictor:
         return self.model.device
 
     def set_image(self, image: Any, image_format: str = "RGB") -> None:
-        """Compute (or fetch from cache) the embedding of ``image``: a path, a PIL image or an
-        H x W [x 3|4] array (uint8, uint16 or float), RGB unless image_format is "BGR"."""
+        """Compute (or fetch from cache) the embedding of ``image``, RGB unless image_format
+        is "BGR".
+
+        ``SamPredictor`` takes an H x W x 3 uint8 array; so does this, and also (converted by
+        ``steadysam.preprocess.load_image``, as for every other entry point, sessions
+        included): a path, a PIL image, a torch tensor, any strides, H x W or H x W x 1
+        grayscale (repeated to RGB), H x W x 4 (alpha dropped), bool, uint16, other integers
+        and floats in [0, 1] or [0, 255]. Anything else (other shapes or channel counts, an
+        empty image, NaN / inf, complex or object dtypes, other types) raises
+        ``preprocess.ImageError`` (a ValueError) naming the shape, dtype or type."""
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', not {image_format!r}")
         rgb = load_image(image)
@@ -107,10 +116,39 @@ class Predictor:
         self.features, self.frame, self.is_image_set = features, frame, True
 
     def set_embedding(self, features: torch.Tensor, original_size: tuple[int, int]) -> None:
-        """Use a precomputed 1 x C x h x w embedding of an image of size (H, W)."""
+        """Use a precomputed 1 x C x h x w embedding (as ``get_image_embedding`` returns; a
+        tensor or array of finite floats, C x h x w fixed by the model) of an image of size
+        (H, W) (two positive integers). Raises TypeError / ValueError otherwise, leaving the
+        current image set."""
+        if isinstance(features, np.ndarray):
+            features = torch.from_numpy(features)
+        if not isinstance(features, torch.Tensor):
+            raise TypeError(
+                f"features must be a torch.Tensor embedding, got {type(features).__name__}"
+            )
+        if not features.is_floating_point():
+            raise TypeError(f"features must be a floating-point tensor, got {features.dtype}")
+        pe = self.model.prompt_encoder
+        expected = (1, pe.embed_dim, *pe.image_embedding_size)
+        if tuple(features.shape) != expected:
+            raise ValueError(
+                f"features must have shape {expected} for this model (1 x C x h x w, as "
+                f"get_image_embedding() returns), got {tuple(features.shape)}"
+            )
+        if not bool(torch.isfinite(features).all()):
+            raise ValueError("features contains NaN or infinite values")
+        size = tuple(original_size) if isinstance(original_size, (tuple, list)) else None
+        if size is None or len(size) != 2 or not all(_is_int(v) and v > 0 for v in size):
+            raise ValueError(
+                f"original_size must be (H, W), two positive integers, got {original_size!r}"
+            )
+        size = (int(size[0]), int(size[1]))
+        dtype = pe.no_mask_embed.weight.dtype
         # Channels-last, like encode()'s output: the decoder then reads it without a copy.
-        self.features = features.to(self.device).contiguous(memory_format=torch.channels_last)
-        self.frame = Frame.create(self.convention, tuple(original_size), self.model.image_size)
+        self.features = features.to(self.device, dtype).contiguous(
+            memory_format=torch.channels_last
+        )
+        self.frame = Frame.create(self.convention, size, self.model.image_size)
         self.is_image_set = True
 
     def get_image_embedding(self) -> torch.Tensor:
@@ -135,35 +173,62 @@ class Predictor:
         return_logits: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """As ``SamPredictor.predict``: prompts in original pixels -> (masks C x H x W,
-        IoU predictions C, low-res logits C x h x w)."""
+        IoU predictions C, low-res logits C x h x w).
+
+        Arguments (checked before the model runs; numpy arrays, nested lists or CPU/GPU
+        tensors of numbers; a wrong type raises TypeError, a wrong shape or value ValueError
+        naming the argument):
+            point_coords: N x 2 (x, y) in original pixels, each with 0 <= x < W and
+                0 <= y < H (a point exactly on the right / bottom border is outside, as in
+                ``ObjectSession.click``). Needs point_labels; N may be 0.
+            point_labels: length-N labels: 1 foreground, 0 background, -1 a padding point
+                that the model ignores (SAM's ``not_a_point`` embedding; the coordinates of a
+                padding point must be finite but may lie anywhere). SAM's labels 2 and 3 are
+                its internal box-corner embeddings, not part of ``SamPredictor``'s documented
+                contract (official code silently gives such a point no label embedding):
+                they are rejected, pass a box as ``box``. Integral floats and bools are read
+                as integers.
+            box: (x0, y0, x1, y1), shape 4 or 1 x 4, in original pixels. As SAM's own boxes
+                (torchvision ``masks_to_boxes``, ``steadysam.prompts.mask_box``) the corners
+                are pixel indices, so x0 == x1 (a one-pixel-wide object) is allowed; an
+                inverted box (x1 < x0 or y1 < y0) is not, nor one entirely outside the image.
+            mask_input: 1 x h x w float low-res logits, h x w the model's mask-input size
+                (256 x 256 for SAM at 1024 px), typically ``low_res[best][None]`` of a
+                previous call.
+        """
         frame = self._require_frame()
+        size = frame.original_size
         coords = labels = box_t = mask_t = None
-        if point_coords is not None:
-            if point_labels is None:
-                raise ValueError("point_labels must be supplied with point_coords")
-            pc = np.asarray(point_coords, dtype=np.float64).reshape(-1, 2)
-            pl = np.asarray(point_labels).reshape(-1)
-            if len(pc) != len(pl):
-                raise ValueError(f"{len(pc)} point_coords but {len(pl)} point_labels")
+        pl = _point_labels(point_labels, point_coords, "point_labels", "point_coords", ndim=1)
+        if pl is not None:
+            pc = _numbers(point_coords, "point_coords")
+            if pc.ndim != 2 or pc.shape[1] != 2:
+                raise ValueError(
+                    f"point_coords must be an N x 2 array of (x, y) pixels, got shape {pc.shape}"
+                )
+            _same_length(pc.shape[:1], pl.shape, "point_coords", "point_labels")
+            _check_points(pc, size, lambda i: f"point_coords[{i}] =", ignore=pl == -1)
             coords = torch.as_tensor(
                 frame.coords_to_model(pc), dtype=torch.float, device=self.device
-            )
-            coords, labels = (
-                coords[None],
-                torch.as_tensor(pl, dtype=torch.int, device=self.device)[None],
-            )
+            )[None]
+            labels = torch.as_tensor(pl, dtype=torch.int, device=self.device)[None]
         if box is not None:
-            b = np.asarray(box, dtype=np.float64).reshape(-1, 4)[:1]
+            b = _numbers(box, "box")
+            if b.shape not in ((4,), (1, 4)):
+                raise ValueError(
+                    f"box must be one (x0, y0, x1, y1) box of shape 4 or 1 x 4, got shape {b.shape}"
+                )
+            b = b.reshape(1, 4)
+            _check_boxes(b, size, lambda i: "box", inclusive=True)
             box_t = torch.as_tensor(frame.boxes_to_model(b), dtype=torch.float, device=self.device)
         if mask_input is not None:
-            mask_t = torch.as_tensor(mask_input, dtype=torch.float, device=self.device)
-            mask_t = mask_t.reshape(1, 1, *mask_t.shape[-2:])
-        masks, iou, low_res = self.predict_torch(
+            m = _mask_logits(mask_input, "mask_input", (1, *self._mask_size))
+            mask_t = torch.as_tensor(m, dtype=torch.float, device=self.device)[None]
+        masks, iou, low_res = self._decode(
             coords, labels, box_t, mask_t, multimask_output, return_logits
         )
         return masks[0].cpu().numpy(), iou[0].cpu().numpy(), low_res[0].cpu().numpy()
 
-    @torch.inference_mode()
     def predict_torch(
         self,
         point_coords: torch.Tensor | None,
@@ -173,7 +238,82 @@ class Predictor:
         multimask_output: bool = True,
         return_logits: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """As ``SamPredictor.predict_torch``: prompts already in the model frame, batched."""
+        """As ``SamPredictor.predict_torch``: prompts already in the model frame, batched.
+
+        Tensors (TypeError otherwise): point_coords B x N x 2 and point_labels B x N (labels
+        and coordinate limits as in ``predict``, the limits being the image's extent in the
+        model frame), boxes B x 4 or B x 1 x 4, mask_input B x 1 x h x w float logits; every
+        given B must agree. They are moved to the model's device (labels as int, the rest as
+        float, as ``predict`` does)."""
+        frame = self._require_frame()
+        # The image's extent in the model input frame (the rest of the S x S input is padding).
+        ext_w, ext_h = frame.coords_to_model(np.array(frame.original_size[::-1], np.float64))
+        size = (float(ext_h), float(ext_w))
+        where = "the image's extent in the model input frame"
+        batch: dict[str, int] = {}
+        for name, t in (
+            ("point_coords", point_coords),
+            ("point_labels", point_labels),
+            ("boxes", boxes),
+            ("mask_input", mask_input),
+        ):
+            if t is not None and not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        pl = _point_labels(point_labels, point_coords, "point_labels", "point_coords", ndim=2)
+        if pl is not None:
+            pc = _numbers(point_coords, "point_coords")
+            if pc.ndim != 3 or pc.shape[2] != 2:
+                raise ValueError(
+                    f"point_coords must be a B x N x 2 tensor of (x, y), got shape {pc.shape}"
+                )
+            _same_length(pc.shape[:2], pl.shape, "point_coords", "point_labels")
+            n = pc.shape[1]
+            _check_points(
+                pc.reshape(-1, 2),
+                size,
+                lambda i: f"point_coords[{i // n}, {i % n}] =",
+                ignore=pl.reshape(-1) == -1,
+                where=where,
+            )
+            batch["point_coords"] = pc.shape[0]
+        if boxes is not None:
+            b = _numbers(boxes, "boxes")
+            if not (b.ndim in (2, 3) and b.shape[-1] == 4 and (b.ndim == 2 or b.shape[1] == 1)):
+                raise ValueError(
+                    f"boxes must be a B x 4 (or B x 1 x 4) tensor, got shape {b.shape}"
+                )
+            _check_boxes(b.reshape(-1, 4), size, lambda i: f"boxes[{i}]", True, where=where)
+            batch["boxes"] = b.shape[0]
+        if mask_input is not None:
+            m = _mask_logits(mask_input, "mask_input", (None, 1, *self._mask_size))
+            batch["mask_input"] = m.shape[0]
+        if len(set(batch.values())) > 1:
+            given = ", ".join(f"{k} {v}" for k, v in batch.items())
+            raise ValueError(f"the prompts' batch sizes differ ({given}): they must be equal")
+
+        def dev(t: torch.Tensor | None, dtype: torch.dtype = torch.float) -> torch.Tensor | None:
+            return None if t is None else t.to(self.device, dtype)
+
+        return self._decode(
+            dev(point_coords),
+            dev(point_labels, torch.int),
+            dev(boxes),
+            dev(mask_input),
+            multimask_output,
+            return_logits,
+        )
+
+    @torch.inference_mode()
+    def _decode(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+        multimask_output: bool,
+        return_logits: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """predict_torch on prompts already checked."""
         features = self._require_features()
         points = (point_coords, point_labels) if point_coords is not None else None
         low_res, iou = self.model.decode(features, points, boxes, mask_input, multimask_output)
@@ -183,6 +323,11 @@ class Predictor:
         return masks, iou, low_res
 
     # -- internals ------------------------------------------------------------------------
+    @property
+    def _mask_size(self) -> tuple[int, int]:
+        """(h, w) of the low-res mask prompt the model takes (4x its embedding grid)."""
+        return tuple(self.model.prompt_encoder.mask_input_size)
+
     def _require_frame(self) -> Frame:
         if self.frame is None:
             raise RuntimeError("no image is set: call set_image(image) first")
@@ -221,6 +366,142 @@ class Predictor:
     def _store_cached(self, key: str, features: torch.Tensor) -> None:
         with atomic_path(self.cache_dir / f"{self._disk_key(key)}.pt") as tmp:
             torch.save(features.cpu(), tmp)
+
+
+# -- prompt checks: one place for the session API, predict and predict_torch ---------------
+_LABELS = "1 (foreground), 0 (background) or -1 (padding point, ignored)"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _numbers(value: Any, name: str, bool_ok: bool = False) -> np.ndarray:
+    """``value`` (array, nested sequence, tensor) as a float64 array; TypeError when it does
+    not hold real numbers (bools only where bool_ok), ValueError when it is ragged."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+        value = value.to("cpu", torch.float64) if value.is_floating_point() else value.cpu()
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{name} is not a regular array of numbers: {e}") from None
+    if arr.dtype.kind not in ("biuf" if bool_ok else "iuf"):
+        raise TypeError(
+            f"{name} must hold real numbers, got dtype {arr.dtype}"
+            + (f" ({type(value).__name__})" if not isinstance(value, np.ndarray) else "")
+        )
+    return arr.astype(np.float64)
+
+
+def _point_labels(
+    labels: Any, coords: Any, name: str, coords_name: str, ndim: int
+) -> np.ndarray | None:
+    """The checked labels as floats (None when neither points nor labels are given)."""
+    if coords is None and labels is None:
+        return None
+    if coords is None:
+        raise ValueError(f"{name} given without {coords_name}: pass both or neither")
+    if labels is None:
+        raise ValueError(f"{name} must be supplied with {coords_name}: one label per point")
+    arr = _numbers(labels, name, bool_ok=True)
+    if arr.ndim != ndim:
+        want = "a length-N array" if ndim == 1 else "a B x N tensor"
+        raise ValueError(f"{name} must be {want} of labels, got shape {arr.shape}")
+    bad = np.flatnonzero(~np.isin(arr.reshape(-1), (-1.0, 0.0, 1.0)))
+    if bad.size:
+        i = np.unravel_index(int(bad[0]), arr.shape)
+        where = ", ".join(str(int(k)) for k in i)
+        extra = " (2 and 3 are SAM's internal box corners: pass a box as box)"
+        raise ValueError(
+            f"{name}[{where}] = {arr[i]:g} is not a point label: use {_LABELS}"
+            + (extra if arr[i] in (2.0, 3.0) else "")
+        )
+    return arr
+
+
+def _same_length(coords: tuple[int, ...], labels: tuple[int, ...], cn: str, ln: str) -> None:
+    if tuple(coords) != tuple(labels):
+        c, lab = " x ".join(map(str, coords)), " x ".join(map(str, labels))
+        raise ValueError(f"{cn} has {c} points but {ln} has {lab} labels: need one per point")
+
+
+def _check_points(
+    xy: np.ndarray,
+    size: tuple[float, float],
+    name: Callable[[int], str],
+    ignore: np.ndarray | None = None,
+    where: str = "the image",
+) -> None:
+    """N x 2 (x, y) must be finite and in [0, W) x [0, H) (those flagged in ignore: finite)."""
+    H, W = size
+    x, y = xy[:, 0], xy[:, 1]
+    finite = np.isfinite(xy).all(axis=1)
+    ok = finite & (x >= 0) & (x < W) & (y >= 0) & (y < H)
+    if ignore is not None:
+        ok |= finite & ignore
+    bad = np.flatnonzero(~ok)
+    if bad.size:
+        i = int(bad[0])
+        point = f"{name(i)} ({x[i]}, {y[i]})"
+        if not finite[i]:
+            raise ValueError(f"{point} is not finite: x and y must be finite numbers")
+        raise ValueError(
+            f"{point} is outside {where} (width {W}, height {H}): "
+            f"need 0 <= x < {W} and 0 <= y < {H}"
+        )
+
+
+def _check_boxes(
+    boxes: np.ndarray,
+    size: tuple[float, float],
+    name: Callable[[int], str],
+    inclusive: bool,
+    where: str = "the image",
+) -> None:
+    """K x 4 (x0, y0, x1, y1) must be finite, not inverted and overlap [0, W) x [0, H).
+    inclusive: corners are pixel indices (SAM's convention), so x0 == x1 is a one-pixel-wide
+    box; otherwise (the session API) x1 > x0 and y1 > y0."""
+    H, W = size
+    x0, y0, x1, y1 = boxes.T
+    finite = np.isfinite(boxes).all(axis=1)
+    inverted = (x1 < x0) | (y1 < y0)
+    empty = np.zeros_like(finite) if inclusive else (x1 == x0) | (y1 == y0)
+    far = (x1 < 0) | (y1 < 0) if inclusive else (x1 <= 0) | (y1 <= 0)
+    outside = far | (x0 >= W) | (y0 >= H)
+    bad = np.flatnonzero(~finite | inverted | empty | outside)
+    if bad.size:
+        i = int(bad[0])
+        b = f"({x0[i]}, {y0[i]}, {x1[i]}, {y1[i]})"
+        need = "x0 <= x1 and y0 <= y1" if inclusive else "x1 > x0 and y1 > y0"
+        if not finite[i]:
+            raise ValueError(f"{name(i)} {b} is not finite: corners must be finite numbers")
+        if inverted[i] or empty[i]:
+            kind = "inverted" if inverted[i] else "empty"
+            raise ValueError(f"{kind} {name(i)} {b}: need {need} (order x0, y0, x1, y1)")
+        raise ValueError(f"{name(i)} {b} lies outside {where} (width {W}, height {H})")
+
+
+def _mask_logits(value: Any, name: str, shape: tuple[int | None, ...]) -> Any:
+    """A float mask-logit array / tensor of the given shape (None: any size), all finite."""
+    is_tensor = isinstance(value, torch.Tensor)
+    if not is_tensor:
+        try:
+            value = np.asarray(value)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{name} is not a regular array of numbers: {e}") from None
+    if not (value.is_floating_point() if is_tensor else value.dtype.kind == "f"):
+        raise TypeError(
+            f"{name} must hold float mask logits (e.g. low-res logits a previous predict "
+            f"returned), got dtype {value.dtype}"
+        )
+    got = tuple(value.shape)
+    if len(got) != len(shape) or any(e not in (None, g) for g, e in zip(got, shape, strict=False)):
+        want = " x ".join("B" if e is None else str(e) for e in shape)
+        raise ValueError(f"{name} must have shape {want} for this model, got {got}")
+    if not bool((torch.isfinite if is_tensor else np.isfinite)(value).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return value
 
 
 @dataclass
@@ -274,20 +555,18 @@ class ObjectSession:
         return self._state.embedding is not None
 
     def click(self, x: float, y: float, positive: bool = True) -> np.ndarray:
-        """Add a click at (x, y) in original image pixels (column, row)."""
-        H, W = self.frame.original_size
-        if not (0 <= x < W and 0 <= y < H):
-            raise ValueError(f"click ({x}, {y}) is outside the image (width {W}, height {H})")
+        """Add a click at (x, y) in original image pixels (column, row), 0 <= x < W and
+        0 <= y < H."""
+        xy = _numbers([[x, y]], "click")
+        _check_points(xy, self.frame.original_size, lambda i: "click")
         clicks = self._state.clicks + ((float(x), float(y), bool(positive)),)
         return self._predict(clicks, self._state.box)
 
     def set_box(self, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
-        """Set (or replace) the object's box prompt, in original pixels (x0, y0, x1, y1)."""
-        H, W = self.frame.original_size
-        if not (x1 > x0 and y1 > y0):
-            raise ValueError(f"empty box ({x0}, {y0}, {x1}, {y1}): need x1 > x0 and y1 > y0")
-        if x1 <= 0 or y1 <= 0 or x0 >= W or y0 >= H:
-            raise ValueError(f"box ({x0}, {y0}, {x1}, {y1}) lies outside the image ({W}x{H})")
+        """Set (or replace) the object's box prompt, in original pixels (x0, y0, x1, y1), with
+        x1 > x0, y1 > y0 and some overlap with the image."""
+        b = _numbers([[x0, y0, x1, y1]], "box")
+        _check_boxes(b, self.frame.original_size, lambda i: "box", inclusive=False)
         return self._predict(self._state.clicks, (float(x0), float(y0), float(x1), float(y1)))
 
     def undo(self) -> np.ndarray | None:
