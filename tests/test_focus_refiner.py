@@ -1,4 +1,5 @@
-"""FocusRefiner against a slow, loop-based transcription of the official forward (spec §4)."""
+"""FocusRefiner against a slow, loop-based transcription of the official forward
+(docs/focsam.md §4)."""
 
 import math
 

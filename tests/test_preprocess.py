@@ -14,7 +14,7 @@ STD = torch.tensor([58.395, 57.12, 57.375])
 
 
 def test_focsam_frame_pads_to_32_before_resizing():
-    # Spec §9 item 2: a 481x321 Berkeley image becomes 512x352 -> 1024x704.
+    # docs/focsam.md §1.1: a 481x321 Berkeley image becomes 512x352 -> 1024x704.
     f = Frame.create("focsam", (481, 321), 1024)
     assert f.padded_size == (512, 352)
     assert f.input_size == (1024, 704)

@@ -1,6 +1,6 @@
 """Click simulators for interactive-segmentation evaluation and training.
 
-Two rules are implemented (see docs/eval.md and design/eval-protocol.md §2.1, focsam-spec §5.1):
+Two rules are implemented (see docs/eval.md, "Click simulators", and docs/focsam.md §5.1):
 
 ``ritm``
     RITM/isegm ``Clicker._get_next_click``: error maps (ignore pixels removed) are zero-padded by

@@ -5,7 +5,8 @@ Two conventions, both reproduced exactly:
 
 ``sam``     official ``SamPredictor``: RGB uint8, longest side resized to S with PIL bilinear
             (antialiased), normalised, zero-padded bottom/right to S x S.
-``focsam``  official FocSAM (spec §1.1, §9): BGR order normalised with the RGB-ordered mean/std,
+``focsam``  official FocSAM (docs/focsam.md §1.1): BGR order normalised with the RGB-ordered
+            mean/std,
             zero-padded (in normalised space) to multiples of 32, then the float tensor resized
             bilinearly without antialias so the longest side is S, zero-padded to S x S. Clicks
             are scaled with the 32-padded size.

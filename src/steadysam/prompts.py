@@ -1,8 +1,9 @@
 """Synthetic prompts from a ground-truth mask: GT boxes, noisy boxes and random points.
 
 Shared by prompt-robustness evaluation (``steadysam eval-prompts``, docs/eval.md) and Stable-SAM's
-robust training strategy (RTS, stablesam-spec §4.2 / §8.9). Everything is numpy and every random
-draw comes from an explicit ``np.random.Generator``, so a seed fixes the prompts exactly.
+robust training strategy (RTS, docs/stable-sam.md "RTS: robust training"). Everything is numpy
+and every random draw comes from an explicit ``np.random.Generator``, so a seed fixes the
+prompts exactly.
 
 Coordinates are original image pixels, x = column, y = row, the convention of
 ``Predictor.predict`` and of the click simulators (``steadysam.clicks``): a box is
@@ -72,7 +73,8 @@ def mask_box(mask: np.ndarray) -> Box:
 
 
 def noisy_box(box: Box, scale: float, rng: np.random.Generator, size: tuple[int, int]) -> Box:
-    """DN-DETR-style box noise, as sam-hq's ``box_noise`` (stablesam-spec §4.2).
+    """DN-DETR-style box noise, as sam-hq's ``box_noise`` (docs/stable-sam.md, "RTS: robust
+    training").
 
     In (cx, cy, w, h): ``cx += u1 * w/2 * scale``, ``cy += u2 * h/2 * scale``,
     ``w += u3 * w * scale``, ``h += u4 * h * scale`` with ``u ~ U(-1, 1)`` (drawn in that order,
@@ -292,9 +294,9 @@ def rts_prompt(
     k_range: tuple[int, int] = (1, 10),
     probs: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3),
 ) -> Prompt:
-    """Stable-SAM robust-training prompt (stablesam-spec §8.9): with probabilities ``probs``
-    the GT box, a noisy box with scale ~ U(noise_range), or k ~ U{k_range[0]..k_range[1]}
-    (inclusive) random positive points inside the mask.
+    """Stable-SAM robust-training prompt (docs/stable-sam.md, "RTS: robust training"): with
+    probabilities ``probs`` the GT box, a noisy box with scale ~ U(noise_range), or
+    k ~ U{k_range[0]..k_range[1]} (inclusive) random positive points inside the mask.
 
     Arguments:
         mask: H x W bool object mask (after augmentation, in the frame the prompt is used in).

@@ -9,7 +9,12 @@ from typing import Any
 
 @dataclass
 class RefinerConfig:
-    """FocSAM focus refiner (spec §4). Its channel width is the prompt embedding width."""
+    """FocSAM focus refiner (docs/focsam.md §4). Its channel width is the prompt embedding width.
+
+    ``depth``: refine blocks (even plain, odd shifted); ``num_heads``: attention heads per
+    block; ``mlp_ratio``: hidden width of the token MLP / channel width; ``window_size``: window
+    side in embedding-grid cells; ``expand_ratio``: focus-box expansion at inference.
+    """
 
     depth: int = 12
     num_heads: int = 8
@@ -85,7 +90,16 @@ class PluginConfig:
 class SamConfig:
     """SAM architecture; ``refiner`` set makes it FocSAM.
 
-    ``encoder_norm_eps`` is 1e-6 in official SAM and 1e-5 in FocSAM's ViT (spec §2.1).
+    ``encoder_*`` are the ViT's width, depth, heads, global-attention block indexes (0-based),
+    window side (tokens), MLP ratio and LayerNorm eps; ``image_size`` is the side S of the
+    square model input in pixels and ``patch_size`` the ViT patch side (the embedding grid is
+    S / patch_size); ``prompt_embed_dim`` is the width of the prompt encoder, the mask decoder,
+    the refiner and the encoder's output; ``mask_in_chans`` the mask-prompt convolutions' width;
+    ``decoder_*`` the two-way transformer's depth, MLP width and heads; ``num_multimask_outputs``
+    and ``iou_head_*`` are :class:`MaskDecoder`'s arguments of the same names; ``pixel_mean`` /
+    ``pixel_std`` the normalisation statistics in RGB order (applied unchanged to BGR images
+    under the ``focsam`` convention, as FocSAM does: docs/focsam.md §1.1).
+    ``encoder_norm_eps`` is 1e-6 in official SAM and 1e-5 in FocSAM's ViT (docs/focsam.md §2.1).
     ``preprocess`` names the image convention the weights were trained with: ``sam`` or ``focsam``.
     ``plugin`` set adds Stable-SAM's plugin to the mask decoder (with or without a refiner).
     """

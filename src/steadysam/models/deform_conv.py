@@ -35,13 +35,15 @@ def deform_columns(
     """Modulated bilinear samples of every kernel tap (the DCNv2 "im2col"), channels last.
 
     Arguments:
-      x (Tensor): B x Cin x H x W; channels-last memory avoids a copy.
-      offset (Tensor): B x 2K x Ho x Wo, K = kh * kw; channel 2k = dy, 2k + 1 = dx of tap k.
-      mask (Tensor): B x K x Ho x Wo.
+      x (torch.Tensor): B x Cin x H x W; channels-last memory avoids a copy.
+      offset (torch.Tensor): B x 2K x Ho x Wo, K = kh * kw; channel 2k = dy, 2k + 1 = dx of
+        tap k.
+      mask (torch.Tensor): B x K x Ho x Wo.
 
     Returns:
-      (Tensor): (B * Ho * Wo) x (K * Cin) columns, rows in (b, i, j) order, columns (k, c), so
-        that F.linear(cols, weight.permute(0, 2, 3, 1).reshape(Cout, -1)) is the convolution.
+      (torch.Tensor): (B * Ho * Wo) x (K * Cin) columns, rows in (b, i, j) order, columns
+        (k, c), so that F.linear(cols, weight.permute(0, 2, 3, 1).reshape(Cout, -1)) is the
+        convolution.
     """
     b, cin, h, w = x.shape
     kh, kw = kernel_size
@@ -100,16 +102,17 @@ def modulated_deform_conv2d(
     """DCNv2: y[o, p] = sum_{c, k} W[o, c, k] * m_k(p) * x_c(p0 + p_k + d_k(p)) (+ bias[o]).
 
     Arguments:
-      x (Tensor): B x Cin x H x W input.
-      offset (Tensor): B x 2K x Ho x Wo with K = kh * kw; channel 2k is the row offset (dy) and
-        2k + 1 the column offset (dx) of kernel tap k (taps in row-major order), as in mmcv and
-        torchvision.
-      mask (Tensor): B x K x Ho x Wo modulation of each tap (already passed through a sigmoid).
-      weight (Tensor): Cout x Cin x kh x kw.
-      bias (Tensor or None): Cout.
+      x (torch.Tensor): B x Cin x H x W input.
+      offset (torch.Tensor): B x 2K x Ho x Wo with K = kh * kw; channel 2k is the row offset
+        (dy) and 2k + 1 the column offset (dx) of kernel tap k (taps in row-major order), as in
+        mmcv and torchvision.
+      mask (torch.Tensor): B x K x Ho x Wo modulation of each tap (already passed through a
+        sigmoid).
+      weight (torch.Tensor): Cout x Cin x kh x kw.
+      bias (torch.Tensor or None): Cout.
 
     Returns:
-      (Tensor): B x Cout x Ho x Wo, in channels-last memory format.
+      (torch.Tensor): B x Cout x Ho x Wo, in channels-last memory format.
 
     Samples are bilinear; each of the four neighbours contributes only when it lies inside the
     input (zero outside), and a sample with y <= -1, y >= H, x <= -1 or x >= W reads exactly zero
@@ -136,6 +139,16 @@ class ModulatedDeformConv2d(nn.Module):
         dilation: int | tuple[int, int] = 1,
         bias: bool = False,
     ) -> None:
+        """
+        Arguments:
+          in_channels (int): the number of input channels Cin
+          out_channels (int): the number of output channels Cout
+          kernel_size (int or tuple(int, int)): the kernel size (kh, kw); K = kh * kw taps
+          stride (int or tuple(int, int)): the stride, in input pixels
+          padding (int or tuple(int, int)): the zero padding of the input, in pixels
+          dilation (int or tuple(int, int)): the spacing between kernel taps, in pixels
+          bias (bool): if True, a learnable output bias (FocSAM's layer has none)
+        """
         super().__init__()
         kh, kw = _pair(kernel_size)
         self.stride = _pair(stride)
@@ -156,8 +169,17 @@ class ModulatedDeformConv2d(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x: B x Cin x H x W, offset: B x 2K x Ho x Wo, mask: B x K x Ho x Wo
-        -> B x Cout x Ho x Wo."""
+        """
+        Arguments:
+          x (torch.Tensor): the input, B x Cin x H x W
+          offset (torch.Tensor): B x 2K x Ho x Wo, in input pixels; channel 2k is the row
+            offset (dy) and 2k + 1 the column offset (dx) of tap k (row-major taps)
+          mask (torch.Tensor): the modulation of each tap, B x K x Ho x Wo (already through a
+            sigmoid)
+
+        Returns:
+          torch.Tensor: B x Cout x Ho x Wo, channels-last memory
+        """
         return modulated_deform_conv2d(
             x, offset, mask, self.weight, self.bias, self.stride, self.padding, self.dilation
         )

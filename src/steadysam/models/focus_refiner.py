@@ -1,4 +1,5 @@
-"""FocSAM focus refiner (spec §4) and the focus box that tells it where to look (spec §1.2).
+"""FocSAM focus refiner (docs/focsam.md §4) and the focus box that tells it where to look
+(docs/focsam.md §1.3).
 
 Parameter names equal the FocSAM checkpoint's ``refine_head.*`` keys without the prefix.
 """
@@ -22,13 +23,13 @@ def focus_box(
     """Expanded bounding box of the coarse prediction, in model-input pixels.
 
     Arguments:
-      coarse_logits (Tensor): B x 1 x h x w low-res mask logits (e.g. 256 x 256).
+      coarse_logits (torch.Tensor): B x 1 x h x w low-res mask logits (e.g. 256 x 256).
       input_size (int): side of the square model input the box lives in.
       expand_ratio: one ratio, or (h_ratio, w_ratio); each may be a float or a tensor of shape
         () or (B,) for per-image ratios (training draws them from U(1.0, 1.4)).
 
     Returns:
-      (Tensor): B x 4 int64 boxes (left, top, right, bottom), right / bottom exclusive.
+      (torch.Tensor): B x 4 int64 boxes (left, top, right, bottom), right / bottom exclusive.
 
     Logits are upsampled bilinearly to input_size^2 and thresholded at 0; an empty prediction
     gives the whole image. The box is scaled about its centre and rounded half-to-even in fp32,
@@ -109,6 +110,17 @@ class RefineBlock(nn.Module):
         shift: bool,
         cls_scale: bool,
     ) -> None:
+        """
+        Arguments:
+          embed_dim (int): the channel dimension C of the map and the token
+          num_heads (int): the number of attention heads of img2cls and cls2img
+          mlp_ratio (float): the ratio of img2cls's MLP hidden width to embed_dim
+          window_size (int): the side S of the windows, in embedding-grid cells
+          shift (bool): if True, the tiling is shifted by S // 2 with cyclic wrap-around (the
+            odd blocks)
+          cls_scale (bool): if True, the token update is rescaled by the inverse selected
+            fraction through a learned ``cls_scale_proj`` (every block but the last)
+        """
         super().__init__()
         self.window_size = window_size
         self.shift = shift
@@ -134,8 +146,17 @@ class RefineBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, focus: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: B x H x W x C map (channels last), t: B x 1 x C token, focus: B x H x W grid focus
-        (max-pooled mask) -> (B x H x W x C, B x 1 x C)."""
+        """
+        Arguments:
+          x (torch.Tensor): the map, B x H x W x C (channels last)
+          t (torch.Tensor): the token, B x 1 x C
+          focus (torch.Tensor): the focus grid (the max-pooled box mask), B x H x W; a window
+            is updated iff it holds a nonzero cell
+
+        Returns:
+          torch.Tensor: the updated map, B x H x W x C
+          torch.Tensor: the aggregated token, B x 1 x C
+        """
         b, h, w, c = x.shape
         s = self.window_size
         ph, pw = (-h) % s, (-w) % s
@@ -188,6 +209,18 @@ class FocusRefiner(nn.Module):
         window_size: int = 16,
         expand_ratio: float | tuple[float, float] = 1.4,
     ) -> None:
+        """
+        Arguments:
+          embed_dim (int): the channel dimension C, the prompt / image embedding width
+          depth (int): the number of refine blocks (even ones plain, odd ones shifted)
+          num_heads (int): the number of attention heads in every block (head width
+            embed_dim // num_heads)
+          mlp_ratio (float): the ratio of the token MLP's hidden width to embed_dim
+          window_size (int): the side of the windows, in embedding-grid cells (16 in FocSAM)
+          expand_ratio (float or tuple(float, float)): the default focus-box expansion, one
+            ratio or (h_ratio, w_ratio), used by ``focus_mask`` and ``Sam.refine`` (1.4 at
+            test time; not used by ``forward``, which receives the mask)
+        """
         super().__init__()
         self.expand_ratio = expand_ratio
         self.embed_proj = nn.Conv2d(embed_dim, embed_dim, kernel_size=1)
@@ -205,7 +238,14 @@ class FocusRefiner(nn.Module):
         )
 
     def focus_mask(self, coarse_logits: torch.Tensor, input_size: int = 1024) -> torch.Tensor:
-        """B x 1 x h x w coarse logits -> B x 1 x input_size^2 box mask with ``expand_ratio``."""
+        """
+        Arguments:
+          coarse_logits (torch.Tensor): B x 1 x h x w low-res logits of the coarse pass
+          input_size (int): the side S of the square model input the box lives in
+
+        Returns:
+          torch.Tensor: B x 1 x S x S float box mask, expanded by ``expand_ratio``
+        """
         return focus_box_mask(coarse_logits, input_size, self.expand_ratio)
 
     def forward(
@@ -216,13 +256,14 @@ class FocusRefiner(nn.Module):
     ) -> torch.Tensor:
         """
         Arguments:
-          image_embeddings (Tensor): B x C x H x W SAM image embedding.
-          focus_mask (Tensor): B x 1 x h x w focus mask (e.g. the 1024 x 1024 box mask); a grid
-            cell is in focus if the max over its adaptive max-pool bin is nonzero.
-          query_token (Tensor): B x 1 x C or B x C decoder mask-token-0 output.
+          image_embeddings (torch.Tensor): B x C x H x W SAM image embedding.
+          focus_mask (torch.Tensor): B x 1 x h x w focus mask (e.g. the 1024 x 1024 box mask); a
+            grid cell is in focus if the max over its adaptive max-pool bin is nonzero.
+          query_token (torch.Tensor): B x 1 x C or B x C decoder mask-token-0 output (the
+            click-fused query of the coarse pass, docs/focsam.md §3).
 
         Returns:
-          (Tensor): B x C x H x W refined embedding (channels-last memory).
+          (torch.Tensor): B x C x H x W refined embedding (channels-last memory).
         """
         b, c, h, w = image_embeddings.shape
         if query_token.dim() == 2:

@@ -37,6 +37,34 @@ class ImageEncoderViT(nn.Module):
         window_size: int = 0,
         global_attn_indexes: tuple[int, ...] = (),
     ) -> None:
+        """
+        SAM's image encoder: a ViT (ViTDet style) over patch tokens, mostly windowed attention
+        with a few global blocks, followed by a convolutional neck that maps to the prompt width.
+
+        Arguments:
+          img_size (int): the side, in pixels, of the square (padded) input image; the absolute
+            position embedding is created for its grid and interpolated for other input sizes
+          patch_size (int): the side of the square patches, in pixels: the embedding grid is
+            img_size // patch_size per side (64 for 1024 / 16)
+          in_chans (int): the number of input image channels
+          embed_dim (int): the token width of the ViT
+          depth (int): the number of transformer blocks
+          num_heads (int): the number of attention heads in each block
+          mlp_ratio (float): the ratio of the blocks' MLP hidden width to embed_dim
+          out_chans (int): the channels of the output embedding (the neck's width, which must be
+            the prompt encoder's / mask decoder's width: 256 in SAM)
+          qkv_bias (bool): if True, the q, k, v projections have a learnable bias
+          norm_eps (float): eps of the blocks' LayerNorms: 1e-6 in SAM, 1e-5 in FocSAM's ViT
+            (docs/focsam.md §2.1); the neck's LayerNorm2d always uses 1e-6
+          use_abs_pos (bool): if True, a learned absolute position embedding
+            (1 x grid x grid x embed_dim) is added to the patch tokens
+          use_rel_pos (bool): if True, every block's attention adds decomposed relative position
+            biases (SAM: True)
+          window_size (int): the side, in tokens, of the attention windows of the non-global
+            blocks; 0 makes every block global
+          global_attn_indexes (tuple(int, ...)): 0-based indexes of the blocks that use global
+            attention over the whole grid
+        """
         super().__init__()
         self.img_size = img_size
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
@@ -65,7 +93,15 @@ class ImageEncoderViT(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """B x 3 x S x S normalised image -> B x out_chans x S/16 x S/16 embedding."""
+        """
+        Arguments:
+          x (torch.Tensor): B x in_chans x H x W normalised, padded images (H = W = img_size for
+            SAM's inputs; any multiple of patch_size works)
+
+        Returns:
+          torch.Tensor: the image embeddings, B x out_chans x H/patch_size x W/patch_size
+            (channels-last memory)
+        """
         x = self.patch_embed(x)
         if self.pos_embed is not None:
             pos = self.pos_embed
@@ -93,6 +129,21 @@ class Block(nn.Module):
         window_size: int = 0,
         input_size: tuple[int, int] = (64, 64),
     ) -> None:
+        """
+        Arguments:
+          dim (int): the token width
+          num_heads (int): the number of attention heads
+          mlp_ratio (float): the ratio of the MLP hidden width to dim
+          qkv_bias (bool): if True, the q, k, v projections have a learnable bias
+          norm_eps (float): eps of norm1 and norm2
+          use_rel_pos (bool): if True, the attention adds decomposed relative position biases
+          window_size (int): 0 for global attention; otherwise the side, in tokens, of the
+            non-overlapping windows attention is restricted to (the grid is padded at the
+            bottom / right to a multiple of it)
+          input_size (tuple(int, int)): the token grid (H, W) of a global block, which sizes
+            its relative position tables; windowed blocks size them for
+            (window_size, window_size) instead
+        """
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(
@@ -107,7 +158,13 @@ class Block(nn.Module):
         self.window_size = window_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """B x H x W x C -> B x H x W x C."""
+        """
+        Arguments:
+          x (torch.Tensor): B x H x W x C tokens
+
+        Returns:
+          torch.Tensor: B x H x W x C tokens
+        """
         x = x + self.attn(self.norm1(x), self.window_size)
         return self.mlp(self.norm2(x), residual=x)
 
@@ -123,6 +180,17 @@ class Attention(nn.Module):
         use_rel_pos: bool = False,
         input_size: tuple[int, int] | None = None,
     ) -> None:
+        """
+        Arguments:
+          dim (int): the token width
+          num_heads (int): the number of attention heads (head width dim // num_heads)
+          qkv_bias (bool): if True, the q, k, v projections have a learnable bias
+          use_rel_pos (bool): if True, add decomposed relative position biases (parameters
+            rel_pos_h, rel_pos_w) to the attention logits
+          input_size (tuple(int, int) or None): the (h, w) grid attended over (the whole grid or
+            one window), which sizes the relative position tables as (2h - 1) x head width and
+            (2w - 1) x head width; required when use_rel_pos is True
+        """
         super().__init__()
         self.num_heads = num_heads
         head_dim = dim // num_heads
@@ -136,7 +204,14 @@ class Attention(nn.Module):
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
 
     def forward(self, x: torch.Tensor, window_size: int = 0) -> torch.Tensor:
-        """B x H x W x C -> B x H x W x C; window_size > 0 attends within windows only.
+        """
+        Arguments:
+          x (torch.Tensor): B x H x W x C tokens
+          window_size (int): 0 attends over the whole H x W grid; > 0 within non-overlapping
+            window_size x window_size windows (grid padded at the bottom / right)
+
+        Returns:
+          torch.Tensor: B x H x W x C
 
         Equivalent to official SAM's partition-then-attend: there, zero-padded tokens become
         keys equal to the qkv bias. Here the projection runs on the real tokens only and the
@@ -167,11 +242,25 @@ class Attention(nn.Module):
 
 class PatchEmbed(nn.Module):
     def __init__(self, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768) -> None:
+        """
+        Image to patch tokens: a convolution with kernel size and stride patch_size.
+
+        Arguments:
+          patch_size (int): the side of the square patches, in pixels
+          in_chans (int): the number of input image channels
+          embed_dim (int): the token width
+        """
         super().__init__()
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """B x 3 x S x S -> B x S/p x S/p x C."""
+        """
+        Arguments:
+          x (torch.Tensor): B x in_chans x H x W images
+
+        Returns:
+          torch.Tensor: B x H/p x W/p x embed_dim tokens (p = patch_size)
+        """
         return self.proj(x).permute(0, 2, 3, 1)
 
 

@@ -20,6 +20,22 @@ class MaskDecoder(nn.Module):
         iou_head_depth: int = 3,
         iou_head_hidden_dim: int = 256,
     ) -> None:
+        """
+        Predicts masks given image and prompt embeddings, using a transformer architecture.
+
+        Arguments:
+          transformer_dim (int): the channel dimension of the transformer (= the prompt and
+            image embedding width C)
+          transformer (nn.Module): the transformer used to predict masks, called as
+            transformer(image_embedding, image_pe, tokens, outputs=...) (TwoWayTransformer)
+          num_multimask_outputs (int): the number of masks to predict when disambiguating
+            masks; the decoder has num_multimask_outputs + 1 mask tokens, token 0 being the
+            single-mask output
+          activation (type[nn.Module]): the activation used when upscaling masks
+          iou_head_depth (int): the depth of the MLP used to predict mask quality
+          iou_head_hidden_dim (int): the hidden dimension of the MLP used to predict mask
+            quality
+        """
         super().__init__()
         self.transformer_dim = transformer_dim
         self.transformer = transformer
@@ -51,9 +67,30 @@ class MaskDecoder(nn.Module):
         multimask_output: bool,
         return_tokens: bool = False,
     ) -> tuple[torch.Tensor, ...]:
-        """Masks B x M x 4h x 4w and IoU predictions B x M (M = 3 with multimask_output, else 1:
-        mask token 0). With return_tokens, also the transformer outputs of the selected mask
-        tokens, B x M x C (FocSAM's click-fused query, taken before the hypernetwork MLP)."""
+        """
+        Predict masks given image and prompt embeddings.
+
+        Arguments:
+          image_embeddings (torch.Tensor): the embeddings from the image encoder (or FocSAM's
+            refiner), B x C x h x w; a batch of 1 is shared by all B prompts
+          image_pe (torch.Tensor): the positional encoding of the embedding grid,
+            1 x C x h x w or B x C x h x w (PromptEncoder.get_dense_pe)
+          sparse_prompt_embeddings (torch.Tensor): the embeddings of the points and boxes,
+            B x N x C
+          dense_prompt_embeddings (torch.Tensor): the embeddings of the mask inputs,
+            B x C x h x w
+          multimask_output (bool): True returns the masks of mask tokens 1..num_multimask_outputs
+            (M = num_multimask_outputs), False the single mask of mask token 0 (M = 1)
+          return_tokens (bool): whether to also return the transformer outputs of the
+            selected mask tokens
+
+        Returns:
+          torch.Tensor: low-res mask logits, B x M x 4h x 4w
+          torch.Tensor: predicted mask quality (IoU), B x M
+          torch.Tensor: only with return_tokens: the selected mask tokens after the final
+            token->image attention and its norm, before the hypernetwork MLPs, B x M x C
+            (for mask token 0 FocSAM's click-fused query, docs/focsam.md §3)
+        """
         masks, iou_pred, mask_tokens_out = self.predict_masks(
             image_embeddings,
             image_pe,
@@ -74,7 +111,18 @@ class MaskDecoder(nn.Module):
         select: slice = slice(None),
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Runs the transformer and the heads for the mask tokens in ``select`` only (the
-        hypernetwork heads are per token, so skipping unused ones changes nothing)."""
+        hypernetwork heads are per token, so skipping unused ones changes nothing).
+
+        Arguments:
+          image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings: as in
+            ``forward``
+          select (slice): the mask tokens to predict, as a slice of range(num_mask_tokens)
+
+        Returns:
+          torch.Tensor: low-res mask logits, B x M x 4h x 4w (M = the number of selected tokens)
+          torch.Tensor: predicted IoUs, B x M
+          torch.Tensor: the selected mask tokens' transformer outputs, B x M x C
+        """
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         B = sparse_prompt_embeddings.shape[0]
         output_tokens = output_tokens.unsqueeze(0).expand(B, -1, -1)
@@ -144,6 +192,16 @@ class MLP(nn.Module):
         num_layers: int,
         sigmoid_output: bool = False,
     ) -> None:
+        """
+        A stack of Linear layers with ReLU between them (the hypernetwork and IoU heads).
+
+        Arguments:
+          input_dim (int): the input channel dimension
+          hidden_dim (int): the channel dimension between layers
+          output_dim (int): the output channel dimension
+          num_layers (int): the number of Linear layers
+          sigmoid_output (bool): if True, a sigmoid is applied to the output
+        """
         super().__init__()
         self.num_layers = num_layers
         h = [hidden_dim] * (num_layers - 1)
@@ -153,6 +211,7 @@ class MLP(nn.Module):
         self.sigmoid_output = sigmoid_output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """... x input_dim -> ... x output_dim."""
         for i, layer in enumerate(self.layers):
             x = F.relu(layer(x)) if i < self.num_layers - 1 else layer(x)
         if self.sigmoid_output:

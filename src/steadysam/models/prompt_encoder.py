@@ -18,6 +18,21 @@ class PromptEncoder(nn.Module):
         mask_in_chans: int,
         activation: type[nn.Module] = nn.GELU,
     ) -> None:
+        """
+        Encodes prompts for SAM's mask decoder: points and box corners become sparse tokens
+        (random Fourier features of the position plus a learned embedding per kind), a low-res
+        mask becomes a dense map on the image embedding grid.
+
+        Arguments:
+          embed_dim (int): the prompts' embedding dimension (the mask decoder's width)
+          image_embedding_size (tuple(int, int)): the spatial size (h, w) of the image
+            embedding; dense embeddings have this size and mask inputs are 4h x 4w
+          input_image_size (tuple(int, int)): the size (H, W), in pixels, of the padded image
+            input to the image encoder: the frame point and box coordinates are given in
+          mask_in_chans (int): the number of hidden channels used for encoding input masks
+            (mask_in_chans // 4 after the first convolution, mask_in_chans after the second)
+          activation (type[nn.Module]): the activation used when encoding input masks
+        """
         super().__init__()
         self.embed_dim = embed_dim
         self.input_image_size = input_image_size
@@ -41,7 +56,11 @@ class PromptEncoder(nn.Module):
         self._dense_pe_key: tuple | None = None
 
     def get_dense_pe(self) -> torch.Tensor:
-        """1 x C x h x w positional encoding of the embedding grid.
+        """The positional encoding of the image embedding grid, the same encoding point
+        prompts get, evaluated at the cell centres.
+
+        Returns:
+          torch.Tensor: 1 x embed_dim x h x w, (h, w) = image_embedding_size
 
         Cached (a few ms of sin/cos per click otherwise): the key includes the Gaussian
         matrix's version counter, which any in-place update such as load_state_dict bumps."""
@@ -81,9 +100,24 @@ class PromptEncoder(nn.Module):
         masks: torch.Tensor | None,
         batch_size: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Points (B x N x 2 in input-frame pixels, B x N labels: 1 pos, 0 neg, -1 padding),
-        boxes B x 4 (x0, y0, x1, y1), masks B x 1 x 4h x 4w logits ->
-        sparse B x M x C and dense B x C x h x w embeddings."""
+        """
+        Embeds the prompts of B decoder calls.
+
+        Arguments:
+          points (tuple(torch.Tensor, torch.Tensor) or None): coordinates B x N x 2 as (x, y)
+            pixels of the input frame (input_image_size), and labels B x N: 1 positive,
+            0 negative, -1 padding ("not a point"). Without boxes, one padding point is
+            appended (as in segment-anything).
+          boxes (torch.Tensor or None): B x 4 boxes (x0, y0, x1, y1) in input-frame pixels
+          masks (torch.Tensor or None): B x 1 x 4h x 4w low-res mask logits (e.g. the previous
+            prediction); None uses the learned no-mask embedding
+          batch_size (int or None): B; by default taken from the first prompt given, or 1
+
+        Returns:
+          torch.Tensor: sparse embeddings B x M x embed_dim, M = N (+ 1 padding point when
+            there is no box) + 2 when a box is given (its two corners)
+          torch.Tensor: dense embeddings B x embed_dim x h x w
+        """
         if batch_size is None:
             given = [t for t in (points[0] if points else None, boxes, masks) if t is not None]
             batch_size = given[0].shape[0] if given else 1
@@ -107,6 +141,14 @@ class PositionEmbeddingRandom(nn.Module):
     """Random Fourier features of normalised (x, y) coordinates."""
 
     def __init__(self, num_pos_feats: int = 64, scale: float | None = None) -> None:
+        """
+        Arguments:
+          num_pos_feats (int): the number of random spatial frequencies; the encoding has
+            2 * num_pos_feats channels (sin and cos of each)
+          scale (float or None): the standard deviation of the Gaussian frequency matrix
+            (buffer positional_encoding_gaussian_matrix, 2 x num_pos_feats); None or <= 0
+            means 1.0
+        """
         super().__init__()
         if scale is None or scale <= 0.0:
             scale = 1.0
@@ -121,7 +163,14 @@ class PositionEmbeddingRandom(nn.Module):
         return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
 
     def forward(self, size: tuple[int, int]) -> torch.Tensor:
-        """Encoding of an h x w grid of cell centres: C x h x w."""
+        """
+        Arguments:
+          size (tuple(int, int)): the grid size (h, w)
+
+        Returns:
+          torch.Tensor: 2 * num_pos_feats x h x w, the encoding of the cell centres
+            ((j + 0.5) / w, (i + 0.5) / h)
+        """
         h, w = size
         device = self.positional_encoding_gaussian_matrix.device
         grid = torch.ones((h, w), device=device, dtype=torch.float32)
@@ -133,7 +182,14 @@ class PositionEmbeddingRandom(nn.Module):
     def forward_with_coords(
         self, coords_input: torch.Tensor, image_size: tuple[int, int]
     ) -> torch.Tensor:
-        """B x N x 2 pixel coordinates (x, y) -> B x N x C."""
+        """
+        Arguments:
+          coords_input (torch.Tensor): B x N x 2 coordinates (x, y) in pixels of the frame
+          image_size (tuple(int, int)): the frame's size (H, W); x is divided by W, y by H
+
+        Returns:
+          torch.Tensor: B x N x 2 * num_pos_feats
+        """
         coords = coords_input.clone()
         coords[:, :, 0] = coords[:, :, 0] / image_size[1]
         coords[:, :, 1] = coords[:, :, 1] / image_size[0]

@@ -1,4 +1,4 @@
-"""Building blocks of FocSAM's focus refiner (spec §4.4-4.8).
+"""Building blocks of FocSAM's focus refiner (docs/focsam.md §4.4-4.8).
 
 Every module works on a batch of windows: tokens are W x N x C (W windows, N = S*S tokens each);
 the window token is W x 1 x C. Attribute names follow the FocSAM checkpoint.
@@ -24,6 +24,13 @@ class Attention(nn.Module):
     """
 
     def __init__(self, embed_dim: int, num_heads: int = 8) -> None:
+        """
+        Arguments:
+          embed_dim (int): the channel dimension C of queries, keys, values and the output
+            (q, k, v and output projections are C -> C, with bias)
+          num_heads (int): the number of heads (head width C // num_heads, logit scale its
+            inverse square root)
+        """
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
@@ -38,7 +45,16 @@ class Attention(nn.Module):
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q: B x Nq x C, k, v: B x Nk x C -> B x Nq x C."""
+        """
+        Arguments:
+          q (torch.Tensor): the queries, B x Nq x C
+          k (torch.Tensor): the keys, B x Nk x C
+          v (torch.Tensor): the values, B x Nk x C (passing one tensor as q, k and v runs the
+            three projections as one fused matmul: self-attention)
+
+        Returns:
+          torch.Tensor: B x Nq x C
+        """
         if q is k and k is v:  # self-attention: one fused projection
             w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
             bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
@@ -80,6 +96,12 @@ class CrossAttentionBlock(nn.Module):
     """img2cls: the window token attends to its window (pre-LN, gamma-scaled residuals, MLP)."""
 
     def __init__(self, embed_dim: int, num_heads: int, mlp_ratio: float) -> None:
+        """
+        Arguments:
+          embed_dim (int): the channel dimension C of the token and the window features
+          num_heads (int): the number of attention heads
+          mlp_ratio (float): the ratio of the MLP hidden width to C
+        """
         super().__init__()
         self.norm_q = nn.LayerNorm(embed_dim)
         self.norm_kv = nn.LayerNorm(embed_dim)
@@ -93,15 +115,28 @@ class CrossAttentionBlock(nn.Module):
         self.gamma2 = nn.Parameter(torch.ones(embed_dim))
 
     def forward(self, t: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        """t: W x 1 x C window tokens, f: W x N x C window features -> W x 1 x C."""
+        """
+        Arguments:
+          t (torch.Tensor): the window tokens, W x 1 x C
+          f (torch.Tensor): the window features, W x N x C
+
+        Returns:
+          torch.Tensor: the updated window tokens, W x 1 x C
+        """
         t = t + self.gamma1 * self.attn.attend_few(self.norm_q(t), self.norm_kv(f))
         return t + self.gamma2 * self.mlp(self.norm(t))
 
 
 class PDyReLU(nn.Module):
-    """Pixel-wise dynamic ReLU: max of a per-token and a per-window affine piece (spec §4.6)."""
+    """Pixel-wise dynamic ReLU: max of a per-token and a per-window affine piece
+    (docs/focsam.md §4.6)."""
 
     def __init__(self, channels: int) -> None:
+        """
+        Arguments:
+          channels (int): the channel dimension C of the tokens and the query; each branch's
+            MLP outputs 2C values (C slopes, C intercepts)
+        """
         super().__init__()
         self.channels = channels
         self.pixel_scale = nn.Parameter(torch.zeros(2 * channels))
@@ -119,7 +154,14 @@ class PDyReLU(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """x: W x N x C (normalised tokens), q: W x 1 x C -> W x N x C."""
+        """
+        Arguments:
+          x (torch.Tensor): the normalised window tokens, W x N x C
+          q (torch.Tensor): the projected window token (the query), W x 1 x C
+
+        Returns:
+          torch.Tensor: W x N x C
+        """
         c = self.channels
         # The dot product is deliberately unnormalised (no scale, no softmax).
         hidden, _, out, _ = self.pixel_mlp
@@ -138,6 +180,11 @@ class DeformLayer(nn.Module):
     """3x3 DCNv2 whose offsets and modulation come from a plain 3x3 conv of the same input."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
+        """
+        Arguments:
+          in_channels (int): the number of input channels (of the offset convolution too)
+          out_channels (int): the number of output channels of the deformable convolution
+        """
         super().__init__()
         self.dcn_offset = nn.Conv2d(in_channels, 27, kernel_size=3, padding=1)
         self.dcn = ModulatedDeformConv2d(in_channels, out_channels, 3, padding=1, bias=False)
@@ -145,7 +192,13 @@ class DeformLayer(nn.Module):
         nn.init.normal_(self.dcn.weight, 0.0, math.sqrt(2.0 / (fan_in + fan_out)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: W x C x S x S -> W x Cout x S x S (each window zero-padded on its own)."""
+        """
+        Arguments:
+          x (torch.Tensor): the windows as maps, W x C x S x S
+
+        Returns:
+          torch.Tensor: W x Cout x S x S (each window zero-padded on its own)
+        """
         om = self.dcn_offset(x)
         # The official code names channels 0..8 / 9..17 "x" / "y" but passes 0..17 through in
         # order, i.e. the mmcv layout (2k = dy, 2k+1 = dx); keep the order, not the names.
@@ -160,6 +213,11 @@ class MSAModule(nn.Module):
     """
 
     def __init__(self, embed_dim: int, num_heads: int) -> None:
+        """
+        Arguments:
+          embed_dim (int): the channel dimension C of the window features and the token
+          num_heads (int): the number of heads of the window self-attention
+        """
         super().__init__()
         self.cls_proj = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.LayerNorm(embed_dim))
         self.attn = Attention(embed_dim, num_heads)
@@ -171,7 +229,15 @@ class MSAModule(nn.Module):
         self.gamma2 = nn.Parameter(torch.ones(1, embed_dim, 1, 1))
 
     def forward(self, f: torch.Tensor, t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """f: W x N x C window tokens (N = h * w, row-major), t: W x 1 x C -> W x N x C."""
+        """
+        Arguments:
+          f (torch.Tensor): the window features, W x N x C (N = h * w tokens, row-major)
+          t (torch.Tensor): the window tokens from img2cls, W x 1 x C
+          size (tuple(int, int)): the window size (h, w)
+
+        Returns:
+          torch.Tensor: the updated window features, W x N x C
+        """
         nw, _, c = f.shape
         h = self.relu1(self.norm1(self.attn(f, f, f)), self.cls_proj(t))
         f1 = torch.addcmul(f, h, self.gamma1.view(c))

@@ -27,6 +27,22 @@ class Sam(nn.Module):
         refiner: nn.Module | None = None,
         config: SamConfig | None = None,
     ) -> None:
+        """
+        SAM (or FocSAM) predicts object masks from image embeddings and prompts.
+
+        Arguments:
+          image_encoder (ImageEncoderViT): the backbone that encodes the preprocessed image
+            into the image embedding
+          prompt_encoder (PromptEncoder): encodes points, boxes and mask inputs
+          mask_decoder (MaskDecoder): predicts masks from the image embedding and the encoded
+            prompts
+          refiner (nn.Module or None): FocSAM's focus refiner (FocusRefiner), which rewrites
+            the embedding around one object; None for plain SAM
+          config (SamConfig or None): the architecture the model was built from (default
+            SamConfig()); its pixel_mean / pixel_std become the non-persistent buffers of the
+            same names, which the preprocessing (steadysam.preprocess.image_to_tensor) reads
+            together with config.preprocess; the model itself never normalises images
+        """
         super().__init__()
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
@@ -49,7 +65,13 @@ class Sam(nn.Module):
 
     def set_routing(self, mode: str, threshold: float | None = None) -> None:
         """Stable-SAM routing at inference: ``soft`` (mix by the router's weights) or ``hard``
-        (deformed sampling iff its weight > threshold). Updates ``config.plugin`` too."""
+        (deformed sampling iff its weight > threshold). Updates ``config.plugin`` too.
+
+        Arguments:
+          mode (str): ``soft`` or ``hard``
+          threshold (float or None): the hard-routing threshold in [0, 1]; None keeps the
+            current one
+        """
         if self.config.plugin is None:
             raise ValueError("this model has no Stable-SAM plugin")
         changes = {"routing": mode}
@@ -62,18 +84,29 @@ class Sam(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """The device of the model's buffers."""
         return self.pixel_mean.device
 
     @property
     def image_size(self) -> int:
+        """S, the side in pixels of the square model input."""
         return self.image_encoder.img_size
 
     @property
     def mask_threshold(self) -> float:
+        """Logits above this value are foreground."""
         return 0.0
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """B x 3 x S x S preprocessed images -> B x C x S/16 x S/16 embeddings."""
+        """
+        Arguments:
+          images (torch.Tensor): B x 3 x S x S preprocessed images (normalised and padded by
+            steadysam.preprocess.image_to_tensor; S = image_size)
+
+        Returns:
+          torch.Tensor: the image embeddings, B x C x S/16 x S/16 (C = prompt width,
+            channels-last memory)
+        """
         return self.image_encoder(images)
 
     def decode(
@@ -85,8 +118,28 @@ class Sam(nn.Module):
         multimask_output: bool = False,
         return_tokens: bool = False,
     ) -> tuple[torch.Tensor, ...]:
-        """Prompts in the model's S x S input frame -> low-res logits B x M x 4h x 4w, IoU
-        predictions B x M and, with return_tokens, mask-token outputs B x M x C."""
+        """
+        Prompt encoder + mask decoder on precomputed embeddings.
+
+        Arguments:
+          embeddings (torch.Tensor): image embeddings from ``encode`` (or ``refine``),
+            B x C x h x w; a batch of 1 is shared by all B prompts
+          points (tuple(torch.Tensor, torch.Tensor) or None): coordinates B x N x 2 as (x, y)
+            pixels of the model's S x S input frame, and labels B x N (1 positive, 0 negative,
+            -1 padding)
+          boxes (torch.Tensor or None): B x 4 boxes (x0, y0, x1, y1) in input-frame pixels
+          mask_input (torch.Tensor or None): B x 1 x 4h x 4w low-res logits, e.g. the previous
+            prediction
+          multimask_output (bool): True: the masks of mask tokens 1..num_multimask_outputs
+            (3 in SAM); False: the single mask of mask token 0
+          return_tokens (bool): whether to also return the selected mask tokens' transformer
+            outputs (FocSAM's click-fused query for ``refine``)
+
+        Returns:
+          torch.Tensor: low-res mask logits, B x M x 4h x 4w (M = num_multimask_outputs or 1)
+          torch.Tensor: predicted IoUs, B x M
+          torch.Tensor: only with return_tokens: mask-token outputs, B x M x C
+        """
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         return self.mask_decoder(
             image_embeddings=embeddings,
@@ -104,8 +157,27 @@ class Sam(nn.Module):
         query_token: torch.Tensor,
         expand_ratio: float | tuple[float, float] | None = None,
     ) -> torch.Tensor:
-        """FocSAM: focus box from coarse logits B x 1 x 4h x 4w, then the refiner on the
-        embeddings B x C x h x w with the click-fused query B x 1 x C -> refined B x C x h x w."""
+        """
+        FocSAM: the focus box from the coarse prediction, then the refiner
+        (docs/focsam.md §1.2-1.3, §4).
+
+        Arguments:
+          embeddings (torch.Tensor): the original image embeddings, B x C x h x w (square grid)
+          coarse_logits (torch.Tensor): B x 1 x 4h x 4w low-res logits of the coarse pass
+            (``decode`` with mask token 0 on the original embeddings)
+          query_token (torch.Tensor): the click-fused query, B x 1 x C (the token output of the
+            same ``decode(..., return_tokens=True)`` call)
+          expand_ratio (float, tuple or None): the focus-box expansion, one ratio or
+            (h_ratio, w_ratio), each a float or a tensor of shape () or (B,); None uses the
+            refiner's ``expand_ratio`` (1.4)
+
+        Returns:
+          torch.Tensor: the refined embeddings, B x C x h x w (channels-last memory), used in
+            place of ``embeddings`` for this and every later click of the object
+
+        Raises:
+          RuntimeError: if the model has no refiner (plain SAM)
+        """
         if self.refiner is None:
             raise RuntimeError("this model has no focus refiner (it is plain SAM, not FocSAM)")
         ratio = self.refiner.expand_ratio if expand_ratio is None else expand_ratio

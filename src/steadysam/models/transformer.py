@@ -21,6 +21,26 @@ class TwoWayTransformer(nn.Module):
         activation: type[nn.Module] = nn.ReLU,
         attention_downsample_rate: int = 2,
     ) -> None:
+        """
+        A transformer decoder that attends to an input image using queries whose positional
+        embedding is supplied: depth two-way blocks, then a final token->image attention.
+
+        Arguments:
+          depth (int): the number of two-way blocks
+          embedding_dim (int): the channel dimension of the tokens and the image embedding
+          num_heads (int): the number of heads of every attention; must divide
+            embedding_dim // attention_downsample_rate
+          mlp_dim (int): the hidden channel dimension of the blocks' MLPs
+          activation (type[nn.Module]): the activation of the blocks' MLPs
+          attention_downsample_rate (int): the token<->image attentions project to
+            embedding_dim // attention_downsample_rate channels (128 in SAM); the token
+            self-attention keeps embedding_dim
+
+        The ``final_plugin`` attribute (None after construction) is an extension point: a
+        module called as final_plugin(queries, keys, image_pe, size) -> (attention keys,
+        attention values) replaces the image tokens in the final token->image attention
+        (Stable-SAM's plugin, attached by ``models.build.attach_plugin``; docs/stable-sam.md).
+        """
         super().__init__()
         self.depth = depth
         self.embedding_dim = embedding_dim
@@ -52,10 +72,21 @@ class TwoWayTransformer(nn.Module):
         point_embedding: torch.Tensor,
         outputs: list[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """B x C x h x w image, 1|B x C x h x w PE, B x N x C tokens ->
-        (B x N' x C tokens, B x hw x C image). ``outputs`` picks the returned tokens (default
-        all, N' = N): the final token -> image attention updates each token on its own, so
-        it only runs for the tokens that are used."""
+        """
+        Arguments:
+          image_embedding (torch.Tensor): the image to attend to, B x C x h x w
+          image_pe (torch.Tensor): the positional encoding of the image, 1 x C x h x w or
+            B x C x h x w
+          point_embedding (torch.Tensor): the tokens (output tokens, then prompt tokens),
+            B x N x C; they are also the tokens' positional encoding at every layer
+          outputs (list(int) or None): indexes of the tokens to return (default all, N' = N):
+            the final token->image attention updates each token on its own, so it only runs
+            for the tokens that are used
+
+        Returns:
+          torch.Tensor: the processed tokens, B x N' x C (after norm_final_attn)
+          torch.Tensor: the processed image tokens, B x hw x C
+        """
         size = image_embedding.shape[-2:]
         image_embedding = _tokens(image_embedding)
         image_pe = _tokens(image_pe)
@@ -92,6 +123,24 @@ class TwoWayAttentionBlock(nn.Module):
         attention_downsample_rate: int = 2,
         skip_first_layer_pe: bool = False,
     ) -> None:
+        """
+        Arguments:
+          embedding_dim (int): the channel dimension of the embeddings
+          num_heads (int): the number of heads in the attention layers
+          mlp_dim (int): the hidden dimension of the MLP block
+          activation (type[nn.Module]): the activation of the MLP block
+          attention_downsample_rate (int): the two cross attentions project to
+            embedding_dim // attention_downsample_rate channels
+          skip_first_layer_pe (bool): if True (the first block), the self-attention adds no
+            positional encoding and no residual (its input tokens still equal their
+            positional encoding)
+
+        The ``plugin`` attribute (None after construction) is an extension point: a module
+        called as plugin(queries, keys, key_pe, size) -> (attention keys, attention values)
+        supplies the keys and values of this block's token->image attention; None is SAM
+        (keys + key_pe and keys). The image->token attention always reads the regular image
+        tokens. Stable-SAM's deformable sampling uses it (docs/stable-sam.md).
+        """
         super().__init__()
         self.self_attn = Attention(embedding_dim, num_heads)
         self.norm1 = nn.LayerNorm(embedding_dim)
@@ -119,8 +168,19 @@ class TwoWayAttentionBlock(nn.Module):
         key_pe: torch.Tensor,
         size: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens B x N x C, image tokens B x hw x C, their PEs; ``size`` = (h, w) of the image
-        grid (needed by a plugin only) -> updated (tokens, image tokens)."""
+        """
+        Arguments:
+          queries (torch.Tensor): the tokens, B x N x C
+          keys (torch.Tensor): the image tokens, B x hw x C
+          query_pe (torch.Tensor): the tokens' positional encoding, B x N x C
+          key_pe (torch.Tensor): the image tokens' positional encoding, 1 x hw x C or
+            B x hw x C
+          size (tuple(int, int) or None): (h, w) of the image grid; needed by a plugin only
+
+        Returns:
+          torch.Tensor: the updated tokens, B x N x C
+          torch.Tensor: the updated image tokens, B x hw x C
+        """
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
         else:
@@ -146,6 +206,13 @@ class Attention(nn.Module):
     """Multi-head attention that can project to a smaller internal width (downsample_rate)."""
 
     def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
+        """
+        Arguments:
+          embedding_dim (int): the channel dimension of the inputs and the output
+          num_heads (int): the number of heads; must divide the internal dimension
+          downsample_rate (int): q, k, v are projected to embedding_dim // downsample_rate
+            channels (the internal dimension) and back to embedding_dim by out_proj
+        """
         super().__init__()
         self.embedding_dim = embedding_dim
         self.internal_dim = embedding_dim // downsample_rate
@@ -167,8 +234,17 @@ class Attention(nn.Module):
         v: torch.Tensor,
         residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """B x Nq x C, B x Nk x C, B x Nk x C -> B x Nq x C (plus ``residual``, B x Nq x C,
-        when given: fused into the last matmul where possible)."""
+        """
+        Arguments:
+          q (torch.Tensor): the queries, B x Nq x C
+          k (torch.Tensor): the keys, B x Nk x C
+          v (torch.Tensor): the values, B x Nk x C
+          residual (torch.Tensor or None): B x Nq x C, added to the output (fused into the
+            last matmul where possible)
+
+        Returns:
+          torch.Tensor: B x Nq x C
+        """
         heads_q, heads_k = self.num_heads * q.shape[1], self.num_heads * k.shape[1]
         if heads_q < self.internal_dim and k.shape[1] > self.internal_dim:
             out = self._few_queries(q, k, v)
