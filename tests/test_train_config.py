@@ -50,7 +50,7 @@ def test_stage_recipes_match_the_spec():
     assert s2.arch().refiner.depth == 12 and s2.arch().refiner.window_size == 16
     assert [d.refine_gamma for d in s2.data.datasets] == [0.6, 0.35]
     assert s2.sim.expand_ratio == (1.0, 1.4) and s2.sim.inner_k == 1.7
-    assert s2.data.cache == s1.data.cache  # both stages read one cache (spec §7.2)
+    assert s2.data.cache == s1.data.cache  # both stages read one cache (docs/focsam.md §7.2)
 
 
 def test_overrides_are_typed():

@@ -208,7 +208,7 @@ def test_demo_stage2_recipe_runs_on_its_cache(focsam_stages, folder, tmp_path):
 
 
 def test_refiner_starts_from_the_spec_init(focsam_stages):
-    # spec §4.9: gammas 1, P-DyReLU scales / biases 0, cls_scale_proj (w 1, b 0),
+    # docs/focsam.md §4.9: gammas 1, P-DyReLU scales / biases 0, cls_scale_proj (w 1, b 0),
     # DCN weight ~ N(0, sqrt(2 / (fan_in + fan_out))); the stage-1 weights load around it.
     model = build_train_model(focsam_stages["cfg2"])
     state = model.refiner.state_dict()

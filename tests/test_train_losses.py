@@ -1,4 +1,4 @@
-"""NFL and PTL against values worked out by hand (spec §7.5), the detached normaliser, the
+"""NFL and PTL against values worked out by hand (docs/focsam.md §7.5), the detached normaliser, the
 upsampling to the input size, and the truncated geometric laws of the simulation."""
 
 from __future__ import annotations
@@ -116,4 +116,4 @@ def test_truncated_geometric_law(gamma, high):
     assert np.abs(freq - p).max() < 0.015
     assert draws.mean() == pytest.approx((p * np.arange(high + 1)).sum(), abs=0.1)
     if (gamma, high) == (0.6, 20):
-        assert p[0] == pytest.approx(0.40, abs=0.01)  # spec §7.3: P(0) = 0.40 for COCO
+        assert p[0] == pytest.approx(0.40, abs=0.01)  # docs/focsam.md §7.3: P(0) = 0.40 for COCO

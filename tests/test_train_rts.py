@@ -131,7 +131,7 @@ def test_only_the_plugin_is_trainable(sam_file, data, tmp_path):
 
 
 def test_epochs_to_iterations(data, tmp_path, capsys):
-    assert epoch_iters(1, 44320, 32) == 1385  # HQSeg-44K, one epoch (stablesam-spec §8.10)
+    assert epoch_iters(1, 44320, 32) == 1385  # HQSeg-44K, one epoch (docs/training.md, RTS)
     assert epoch_iters(1, 800, 8) == 100 and epoch_iters(0.5, 801, 8) == 51
     assert epoch_iters(0.001, 10, 8) == 1
     ov = rts_overrides(tmp_path / "run", data, epochs="1.5", **{"data.batch_size": "4"})

@@ -71,11 +71,10 @@ def _write_png(path: Path, image) -> None:
 def cmd_segment(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .eval.runner import check_device
     from .predictor import Predictor
     from .preprocess import load_image
     from .weights.factory import build_model
-
-    from .eval.runner import check_device
 
     if not args.click and args.box is None:
         raise ValueError("give at least one --click X,Y[,+|-] or a --box X0,Y0,X1,Y1")

@@ -108,7 +108,7 @@ def boundary_iou(
 
 
 def mean_pairwise_iou(masks: Sequence[np.ndarray]) -> float | None:
-    """Mean IoU over the K(K-1)/2 pairs of K H x W masks (stablesam-spec §6.4).
+    """Mean IoU over the K(K-1)/2 pairs of K H x W masks (docs/eval.md, "Prompt robustness").
 
     Two empty masks agree perfectly and count as IoU 1.0 here (unlike :func:`iou` against a
     GT). Returns None for fewer than two masks.

@@ -18,8 +18,8 @@ def build_train_model(cfg: TrainConfig) -> Sam:
     """The model of ``cfg.model`` with its initial weights and ``requires_grad`` set per part.
 
     A checkpoint without a refiner may initialise a model with one (FocSAM stage 2 from the
-    stage-1 SAM): the refiner keeps its own init (spec §4.9); likewise a checkpoint without a
-    Stable-SAM plugin for a model with one: the plugin keeps its identity init, so the model
+    stage-1 SAM): the refiner keeps its own init (docs/focsam.md §4.9); likewise a checkpoint
+    without a Stable-SAM plugin for a model with one: the plugin keeps its identity init, so the model
     starts as exactly the checkpoint's SAM. Any other difference is an error.
     """
     torch.manual_seed(cfg.seed)  # the same random init on every rank and every resume

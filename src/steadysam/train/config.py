@@ -78,8 +78,10 @@ class DatasetConfig:
     image_ext: str = ""  # folder: only images with this extension (e.g. ".jpg"); "" = any
     mask_ext: str = ""  # folder: only masks with this extension (e.g. ".png"); "" = any
     weight: float = 1.0
-    gamma: float = 0.6  # P(k simulated rounds) ∝ gamma^k, k = 0..sim.max_rounds (spec §7.3)
-    refine_gamma: float = 0.6  # P(refine step = k) ∝ refine_gamma^k, k = 0..rounds (spec §7.4)
+    # P(k simulated rounds) ∝ gamma^k, k = 0..sim.max_rounds (docs/focsam.md §7.3)
+    gamma: float = 0.6
+    # P(refine step = k) ∝ refine_gamma^k, k = 0..rounds (docs/focsam.md §7.4)
+    refine_gamma: float = 0.6
     overlap_filter: float | None = None  # lvis: drop masks overlapping kept ones by > this (0.5)
     include_crowd: bool = True
 
@@ -89,7 +91,7 @@ class DataConfig:
     datasets: list[DatasetConfig] = field(default_factory=list)
     batch_size: int = 16  # global batch, split evenly over torchrun ranks
     num_workers: int = 4
-    color_aug: bool = True  # PhotoMetricDistortion (spec §7.1)
+    color_aug: bool = True  # PhotoMetricDistortion (docs/focsam.md §7.1)
     cache: str | None = None  # embedding cache folder (steadysam embed); needs a frozen encoder
 
 
@@ -99,8 +101,8 @@ class ModelConfig:
     (``refiner`` / ``plugin``: null removes it, a mapping adds it or overrides its
     RefinerConfig / PluginConfig fields); weights come from ``checkpoint`` (any format
     ``build_model`` reads; a SAM checkpoint may initialise a FocSAM model, the refiner then
-    starts from its §4.9 init, and a model with a Stable-SAM plugin, which then starts from its
-    identity init)."""
+    starts from its init (docs/focsam.md §4.9), and a model with a Stable-SAM plugin, which then
+    starts from its identity init)."""
 
     name: str = "focsam_vit_h"
     arch: dict[str, Any] = field(default_factory=dict)
@@ -115,7 +117,7 @@ class ModelConfig:
 @dataclass
 class SimConfig:
     max_rounds: int = 20  # simulated rounds k drawn in 0..max_rounds -> up to 21 clicks
-    first_inner_k: float = 1.0  # first click: the interior-most pixel (spec §5.1)
+    first_inner_k: float = 1.0  # first click: the interior-most pixel (docs/focsam.md §5.1)
     inner_k: float = 1.7  # later clicks: random pixel with DT > max / 1.7
     expand_ratio: tuple[float, float] = (1.0, 1.4)  # focus-box expansion ~ U per axis
     # Stage sam only: probability that a sample's first prompt is its jittered GT box instead of
@@ -125,8 +127,8 @@ class SimConfig:
 
 @dataclass
 class RtsConfig:
-    """Stable-SAM's robust training strategy (stablesam-spec §4.2, §8.9-10): one prompt per
-    sample, drawn by ``steadysam.prompts.rts_prompt``, and BCE + Dice on uncertainty-sampled
+    """Stable-SAM's robust training strategy (docs/stable-sam.md, "RTS: robust training"): one
+    prompt per sample, drawn by ``steadysam.prompts.rts_prompt``, and BCE + Dice on uncertainty-sampled
     points of the single-mask logits against the whole-object mask (HQ-SAM's loss)."""
 
     # Relative weights (normalised) of the GT box, a noisy box and k random points.

@@ -1,4 +1,5 @@
-"""Embedding cache (spec §7.2): frozen-encoder embeddings of every training image, computed once.
+"""Embedding cache (docs/focsam.md §7.2): frozen-encoder embeddings of every training image,
+computed once.
 
 Layout of a cache folder::
 

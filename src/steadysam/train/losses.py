@@ -1,9 +1,9 @@
 """Training losses.
 
-FocSAM (spec §7.5): normalised focal loss (NFL, RITM) and the point loss (PTL), both at the
-S x S model input (low-res decoder logits upsampled bilinearly, align_corners=False, first).
+FocSAM (docs/focsam.md §7.5): normalised focal loss (NFL, RITM) and the point loss (PTL), both at
+the S x S model input (low-res decoder logits upsampled bilinearly, align_corners=False, first).
 
-Stable-SAM's RTS (stablesam-spec §4.2): HQ-SAM's BCE + Dice on points sampled PointRend-style
+Stable-SAM's RTS (docs/stable-sam.md, "RTS"): HQ-SAM's BCE + Dice on points sampled PointRend-style
 (mostly where the logits are least certain) from the low-res logits and the mask.
 """
 

@@ -1,4 +1,4 @@
-"""Iterative click simulation for training (spec §7.3, §7.4), all under no_grad / eval.
+"""Iterative click simulation for training (docs/focsam.md §7.3, §7.4), all under no_grad / eval.
 
 One call simulates one group of samples (one source: its own gamma) in the S x S model frame:
 a first click from an empty prediction (inner_k 1.0), then ``rounds`` rounds of decoder
@@ -23,8 +23,8 @@ from ..models.sam import Sam
 from ..prompts import Box, mask_box
 from .losses import upsample
 
-# SAM's training-time box jitter (sam-hq2 ``sample_box_points``, stablesam-spec §4.2): each
-# coordinate moves by U(-1, 1) x min(BOX_NOISE x box side, BOX_NOISE_MAX_PX at 1024 px input).
+# SAM's training-time box jitter (sam-hq2 ``sample_box_points``; docs/training.md, "The
+# recipe"): each coordinate moves by U(-1, 1) x min(BOX_NOISE x box side, BOX_NOISE_MAX_PX at 1024 px input).
 BOX_NOISE = 0.1
 BOX_NOISE_MAX_PX = 20.0
 

@@ -1,5 +1,5 @@
-"""Per-sample transforms of the training pipeline (spec §7.1): colour augmentation and mapping a
-ground-truth mask into the model's S x S input frame (the image itself goes through
+"""Per-sample transforms of the training pipeline (docs/focsam.md §7.1): colour augmentation and
+mapping a ground-truth mask into the model's S x S input frame (the image itself goes through
 ``steadysam.preprocess.image_to_tensor``, the one place for image conventions)."""
 
 from __future__ import annotations
