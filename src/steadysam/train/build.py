@@ -19,8 +19,8 @@ def build_train_model(cfg: TrainConfig) -> Sam:
 
     A checkpoint without a refiner may initialise a model with one (FocSAM stage 2 from the
     stage-1 SAM): the refiner keeps its own init (docs/focsam.md §4.9); likewise a checkpoint
-    without a Stable-SAM plugin for a model with one: the plugin keeps its identity init, so the model
-    starts as exactly the checkpoint's SAM. Any other difference is an error.
+    without a Stable-SAM plugin for a model with one: the plugin keeps its identity init, so the
+    model starts as exactly the checkpoint's SAM. Any other difference is an error.
     """
     torch.manual_seed(cfg.seed)  # the same random init on every rank and every resume
     model = build_sam(cfg.arch())

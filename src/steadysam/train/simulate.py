@@ -24,7 +24,8 @@ from ..prompts import Box, mask_box
 from .losses import upsample
 
 # SAM's training-time box jitter (sam-hq2 ``sample_box_points``; docs/training.md, "The
-# recipe"): each coordinate moves by U(-1, 1) x min(BOX_NOISE x box side, BOX_NOISE_MAX_PX at 1024 px input).
+# recipe"): each coordinate moves by U(-1, 1) x min(BOX_NOISE x box side, BOX_NOISE_MAX_PX at
+# 1024 px input).
 BOX_NOISE = 0.1
 BOX_NOISE_MAX_PX = 20.0
 
