@@ -129,7 +129,8 @@ class SimConfig:
 class RtsConfig:
     """Stable-SAM's robust training strategy (docs/stable-sam.md, "RTS: robust training"): one
     prompt per sample, drawn by ``steadysam.prompts.rts_prompt``, and BCE + Dice on
-    uncertainty-sampled points of the single-mask logits against the whole-object mask (HQ-SAM's loss)."""
+    uncertainty-sampled points of the single-mask logits against the whole-object mask (HQ-SAM's
+    loss)."""
 
     # Relative weights (normalised) of the GT box, a noisy box and k random points.
     probs: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
