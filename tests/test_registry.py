@@ -106,3 +106,25 @@ def test_models_lists_the_registry(capsys):
     assert main(["models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in rows] == NAMES
+
+
+@pytest.mark.parametrize(
+    "name, message", [("sam_tiny", "no published weights"), ("sam_vit_b", "steadysam download")]
+)
+def test_embed_by_name_never_encodes_with_random_weights(
+    name, message, tmp_path, capsys, weights_home
+):
+    """`steadysam embed FOLDER --model NAME` encodes with the name's trained weights; without
+    them it stops with the message that says how to get them (it once cached embeddings of a
+    randomly initialised encoder)."""
+    import numpy as np
+    from PIL import Image
+
+    for sub in ("images", "masks"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "data/images/a.png")
+    Image.fromarray(np.full((32, 32), 255, np.uint8)).save(tmp_path / "data/masks/a.png")
+    out = tmp_path / "emb"
+    code = main(["embed", str(tmp_path / "data"), "--out", str(out), "--model", name])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not out.exists()

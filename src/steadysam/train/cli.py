@@ -67,7 +67,9 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("dataset", help="training config YAML, or a folder with images/ + masks/")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--out", required=True, help="cache folder")
-    p.add_argument("--model", help="architecture name (folder DATASET)")
+    p.add_argument(
+        "--model", help="model name (folder DATASET): its trained weights unless --checkpoint"
+    )
     p.add_argument("--checkpoint", help="weights (folder DATASET, or replaces the config's)")
     p.add_argument("--fp16", action="store_true", help="store float16 (half the disk)")
     p.add_argument("--no-color-aug", action="store_true", help="no colour augmentation")
@@ -126,6 +128,10 @@ def _embed_config(args: argparse.Namespace):
         ]
         if args.model:
             cfg.model.name = args.model
+            if not args.checkpoint:  # the name's trained weights, never a random encoder
+                from ..weights.factory import weights_file
+
+                args.checkpoint = str(weights_file(args.model))
         elif args.checkpoint:
             from ..weights.files import load_checkpoint, matching_names
 

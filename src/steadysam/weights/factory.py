@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from ..models.build import build_sam
 from ..models.sam import Sam
@@ -19,6 +20,20 @@ def print_demo_notice() -> None:
         "`steadysam download sam_vit_h` then --model sam_vit_h (see README)",
         file=sys.stderr,
     )
+
+
+def weights_file(name: str, download: bool = False) -> Path:
+    """The file holding a registered name's trained weights (shipped, or published / manual from
+    the cache; ``download`` fetches published ones); an error saying how to get them otherwise.
+    Stable-SAM names (``stable_*``): their base's file (the plugin is a file of its own)."""
+    record = model_record(name)
+    if record.shipped is not None:
+        return record.shipped_path()
+    if record.shipped_plugin is not None:
+        return weights_file(record.plugin_of)
+    from . import hub
+
+    return hub.cached_weights(record.plugin_of or name, fetch=download)
 
 
 def build_model(
@@ -89,15 +104,13 @@ def build_model(
             if path is not None and not path.is_file():
                 raise FileNotFoundError(f"built-in weights missing from the installation: {path}")
     elif record is not None and checkpoint is None:
-        from . import hub
-
         if record.plugin_of is not None and plugin is None:
             raise CheckpointError(
                 f"no published weights exist for {name} (Stable-SAM's authors released none): "
                 f"pass a plugin trained by RTS (plugin=FILE, CLI --plugin FILE) on "
                 f"{record.plugin_of}'s weights, or random_init=True"
             )
-        checkpoint = hub.cached_weights(record.plugin_of or name, fetch=download)
+        checkpoint = weights_file(name, download)
     elif download:
         raise ValueError("download applies to a model name alone, not with a checkpoint")
     # The architecture the file must be: a plugin file adds the plugin to its base afterwards.
