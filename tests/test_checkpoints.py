@@ -250,8 +250,12 @@ def test_not_a_checkpoint(tmp_path, content, match):
 def test_unreadable_and_missing_files(tmp_path):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 32)
-    with pytest.raises(CheckpointError, match="junk.pth"):
+    with pytest.raises(CheckpointError, match="junk.pth.*not a PyTorch checkpoint"):
         load_checkpoint(junk)
+    for name, content in (("notes.pth", b"hi, not weights"), ("empty.pth", b"")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CheckpointError, match=f"cannot read .*{name}.*not a PyTorch"):
+            load_checkpoint(tmp_path / name)
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         load_checkpoint(tmp_path / "nope.pth")
 

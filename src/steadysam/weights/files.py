@@ -39,12 +39,11 @@ import torch
 
 from ..atomic import atomic_path
 from ..models.build import attach_plugin, build_sam
-from ..models.config import PluginConfig, SamConfig
+from ..models.config import PARTS, PLUGIN_PART, PluginConfig, SamConfig
 from ..models.sam import Sam
 from ..models.stable_plugin import is_plugin_key
 from .formats import (
     CONFIG_METADATA_KEY,
-    PARTS,
     CheckpointError,
     abbrev,
     detect_format,
@@ -225,7 +224,7 @@ def parameter_counts(config: SamConfig) -> dict[str, int]:
     plugin = sum(p.numel() for p in model.plugin_parameters())
     if plugin:
         counts["mask_decoder"] -= plugin
-        counts["plugin"] = plugin
+        counts[PLUGIN_PART] = plugin
     return counts
 
 
@@ -288,6 +287,14 @@ def _reason(e: BaseException) -> str:
 
 def _torch_load(path: Path, trusted: bool) -> Any:
     zipped = zipfile.is_zipfile(path)
+    if not zipped:
+        with open(path, "rb") as f:
+            head = f.read(2)
+        # torch.save writes a zip archive, or (legacy format) a pickle stream, whose first
+        # byte is the PROTO opcode 0x80; anything else fails deep in the unpickler.
+        if head[:1] != b"\x80":
+            what = "an empty file" if not head else "neither a zip archive nor a pickle stream"
+            raise CheckpointError(f"cannot read {str(path)!r}: not a PyTorch checkpoint ({what})")
     # mmap keeps multi-GB files out of RAM until copied into the model; zip format only.
     kw: dict[str, Any] = dict(map_location="cpu", mmap=zipped)
     if trusted:
