@@ -20,9 +20,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from steadysam.clicks import Clicker
+from steadysam.eval.datasets import decode_any_nonzero
 from steadysam.eval.metrics import iou
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "DAVIS345"
@@ -88,7 +88,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     masks = sorted((args.data / "masks").glob("*.png"))[:: max(1, 345 // args.frames)]
-    gts = [np.array(Image.open(p)) > 0 for p in masks[: args.frames]]
+    gts = [decode_any_nonzero(p, p.stem)[0].gt for p in masks[: args.frames]]  # as eval reads
     h, w = gts[0].shape
     print(
         f"{len(gts)} DAVIS frames {w}x{h}, {args.clicks} clicks, {args.repeats} repeats, "

@@ -79,12 +79,12 @@ def bench_encoder(repeats: int) -> dict:
 
 
 def bench_click(repeats: int) -> dict:
-    from PIL import Image
+    from steadysam.datafiles import read_image
 
     official = _official(VIT_B)
     ours = build_model("sam_vit_b", random_init=True)
     ours.load_state_dict(official.state_dict())
-    image = np.array(Image.open(DATA / "DAVIS345" / "images" / "000.jpg").convert("RGB"))
+    image = read_image(DATA / "DAVIS345" / "images" / "000.jpg")
     ref, pred = SamPredictor(official), Predictor(ours)
     ref.set_image(image)
     pred.set_image(image)

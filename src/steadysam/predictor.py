@@ -22,9 +22,9 @@ import torch
 from .atomic import atomic_path
 from .memory import retain_freed_memory
 from .models.sam import Sam
+from .modes import MODES
 from .preprocess import Frame, image_to_tensor, load_image
-
-MODES = ("focsam", "sam-best")
+from .weights.digest import state_digest
 
 
 class Predictor:
@@ -347,11 +347,7 @@ class Predictor:
     def _disk_key(self, key: str) -> str:
         if self._model_key is None:
             # The disk cache outlives the process, so it must also know which weights made it.
-            h = hashlib.sha256()
-            for name, t in self.model.image_encoder.state_dict().items():
-                h.update(name.encode())
-                h.update(t.detach().cpu().contiguous().numpy().tobytes())
-            self._model_key = h.hexdigest()[:16]
+            self._model_key = state_digest(self.model.image_encoder, length=16)
         return f"{self._model_key}-{key[:32]}"
 
     def _load_cached(self, key: str) -> torch.Tensor | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,28 +23,20 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .datafiles import ImageError, read_image
+
 CONVENTIONS = ("sam", "focsam")
-
-
-class ImageError(ValueError):
-    """An image that cannot be read or interpreted."""
 
 
 def load_image(image: Any) -> np.ndarray:
     """Any supported image -> H x W x 3 uint8 RGB.
 
-    Accepts file paths, PIL images and numpy arrays (H x W, H x W x 1, H x W x 3, H x W x 4;
-    uint8, uint16, bool or float in [0, 1] or [0, 255]); torch tensors as H x W x C arrays."""
+    Accepts file paths (read by ``steadysam.datafiles.read_image``, the decoder evaluation and
+    training use), PIL images and numpy arrays (H x W, H x W x 1, H x W x 3, H x W x 4; uint8,
+    uint16, bool or float in [0, 1] or [0, 255]); torch tensors as H x W x C arrays. Raises
+    ``ImageError`` (a ValueError, defined in ``steadysam.datafiles``) naming what is wrong."""
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise ImageError(f"cannot read image {str(path)!r}: no such file")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                image = im.copy()
-        except Exception as e:  # PIL raises several types for corrupt files
-            raise ImageError(f"cannot read image {str(path)!r}: {e}") from e
+        return read_image(image)
     if isinstance(image, Image.Image):
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
             image = np.asarray(image)

@@ -15,7 +15,10 @@ import sys
 from typing import Any
 
 from steadysam.cli_common import add_debug_arg, add_model_args
+from steadysam.clicks import RULES
 from steadysam.eval.datasets import LOADERS, DatasetError
+from steadysam.eval.runner import IGNORE_MODES
+from steadysam.modes import MODES
 
 EPILOG_EVAL = """\
 datasets: {names} (aliases: DAVIS345, COCO_MVal, voc, ...); see docs/eval.md.
@@ -96,14 +99,14 @@ def _eval_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clicks", type=int, default=20, help="click budget per object (default 20)")
     p.add_argument(
         "--clicker",
-        choices=("ritm", "focsam"),
+        choices=RULES,
         default="ritm",
         help="click simulator: ritm (deterministic, ignore label) or focsam "
         "(random tie-break, no ignore label); default ritm",
     )
     p.add_argument(
         "--protocol",
-        choices=("focsam", "sam-best"),
+        choices=MODES,
         default="focsam",
         help="focsam: single mask + previous logits + refiner once; sam-best: "
         "multimask, keep the best predicted-IoU mask; default focsam",
@@ -126,7 +129,7 @@ def _eval_parser(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--ignore",
-        choices=("auto", "exclude", "background"),
+        choices=IGNORE_MODES,
         default="auto",
         help="ignore-label pixels: auto = exclude for ritm, background for focsam",
     )
@@ -134,7 +137,8 @@ def _eval_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _prompts_parser(p: argparse.ArgumentParser) -> None:
-    from steadysam.eval.prompt_runner import DEFAULT_PROMPTS, IGNORE_MODES
+    from steadysam.eval.prompt_runner import DEFAULT_PROMPTS
+    from steadysam.eval.prompt_runner import IGNORE_MODES as PROMPT_IGNORE_MODES
 
     add_model_args(p)
     _dataset_args(p)
@@ -152,7 +156,7 @@ def _prompts_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="prompt seed, >= 0 (default 0)")
     p.add_argument(
         "--ignore",
-        choices=IGNORE_MODES,
+        choices=PROMPT_IGNORE_MODES,
         default="exclude",
         help="ignore-label pixels (GrabCut/Berkeley band): exclude from IoU and boundary IoU "
         "(default) or count as background",

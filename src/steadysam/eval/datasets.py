@@ -21,15 +21,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
-from PIL import Image
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-class DatasetError(ValueError):
-    """The dataset as a whole cannot be used (wrong root, unknown name, missing dependency)."""
+from steadysam.datafiles import (
+    IMAGE_EXTS,
+    DatasetError,
+    ImageError,
+    label_map,
+    read_image,
+    read_mask,
+)
 
 
 class LayoutError(DatasetError):
@@ -64,7 +65,10 @@ class MaskSource:
     def load(self) -> list[ObjectGT]:
         if self.path is None:
             raise SampleError(f"no mask file for sample {self.id!r}")
-        objs = self.decode(self.path, self.id)
+        try:
+            objs = self.decode(self.path, self.id)
+        except ImageError as e:  # one sample's file: recorded with the run, which goes on
+            raise SampleError(str(e)) from e
         for o in objs:
             if not o.gt.any():
                 raise SampleError(f"empty mask (no object pixel) in {self.path}")
@@ -80,10 +84,14 @@ class ImageItem:
     masks: list[MaskSource]
 
     def load_image(self) -> np.ndarray:
-        """H x W x 3 uint8 RGB (grayscale files are expanded, as cv2.imread does for RITM)."""
+        """H x W x 3 uint8 RGB (``steadysam.datafiles.read_image``: OpenCV's decode, as RITM's
+        cv2.imread; grayscale files are expanded)."""
         if self.image_path is None:
             raise SampleError(f"no image file for {self.key!r}")
-        return read_image(self.image_path)
+        try:
+            return read_image(self.image_path)
+        except ImageError as e:  # one image's file: recorded with the run, which goes on
+            raise SampleError(str(e)) from e
 
 
 @dataclass
@@ -94,33 +102,6 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.items)
-
-
-def read_image(path: Path) -> np.ndarray:
-    # imdecode(fromfile) copes with any path (spaces, non-ASCII) and grayscale files.
-    try:
-        buf = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as e:
-        raise SampleError(f"cannot read image {path}: {e}") from e
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
-    if img is None:
-        raise SampleError(f"cannot decode image {path} (corrupt or unsupported format)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def read_mask(path: Path) -> tuple[np.ndarray, str]:
-    """Raw mask values and PIL mode: palette files give indices, RGB files an H x W x 3 array."""
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            if mode in ("1", "LA"):
-                im = im.convert("L")
-            elif mode not in ("P", "L", "I", "I;16", "RGB"):
-                im = im.convert("RGB")
-            arr = np.array(im)
-    except (OSError, ValueError) as e:
-        raise SampleError(f"cannot read mask {path}: {e}") from e
-    return arr, mode
 
 
 def decode_ritm_band(path: Path, sid: str) -> list[ObjectGT]:
@@ -155,12 +136,7 @@ def instances_from_ids(ids: np.ndarray, sid: str, void: int | None = 255) -> lis
 def decode_instances(path: Path, sid: str) -> list[ObjectGT]:
     """PASCAL VOC SegmentationObject: palette ids 1..254, 255 = void (ignore)."""
     arr, _ = read_mask(path)
-    return instances_from_ids(arr if arr.ndim == 2 else _rgb_ids(arr), sid)
-
-
-def _rgb_ids(arr: np.ndarray) -> np.ndarray:
-    a = arr.astype(np.int64)
-    return a[..., 0] + 256 * a[..., 1] + 65536 * a[..., 2]
+    return instances_from_ids(label_map(arr), sid)
 
 
 def decode_folder(path: Path, sid: str) -> list[ObjectGT]:
@@ -175,7 +151,7 @@ def decode_folder(path: Path, sid: str) -> list[ObjectGT]:
         if (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all():
             arr = arr[..., 0]
         else:
-            return instances_from_ids(_rgb_ids(arr), sid, void=None)
+            return instances_from_ids(label_map(arr), sid, void=None)
     vals = np.unique(arr)
     nz = vals[vals != 0]
     if mode == "P" or (len(nz) > 1 and nz[nz != 255].max(initial=0) < 128):

@@ -21,9 +21,7 @@ import numpy as np
 
 from steadysam.atomic import atomic_write_text
 from steadysam.eval.report import (
-    _canvas,
     _f,
-    _finish,
     _title,
     _warn,
     check_comparable,
@@ -32,6 +30,7 @@ from steadysam.eval.report import (
     read_jsonl,
     write_report_files,
 )
+from steadysam.plots import new_figure, save_png
 from steadysam.prompts import parse_settings
 
 KIND = "prompts"
@@ -216,7 +215,7 @@ def _tick(key: str) -> str:
 def plot_miou_vs_setting(summaries: Sequence[Mapping[str, Any]], path: Path) -> None:
     """mIoU (%) against the prompt setting (x: the settings in order), one curve per run."""
     order = _union_order(summaries)
-    fig, ax = _canvas(max(6.0, 1.2 * len(order)), 4.0)
+    fig, (ax,) = new_figure(max(6.0, 1.2 * len(order)), 4.0)
     for s in summaries:
         y = [
             100 * s["settings"][k]["miou"]
@@ -229,7 +228,7 @@ def plot_miou_vs_setting(summaries: Sequence[Mapping[str, Any]], path: Path) -> 
     ax.set_xticklabels([_tick(k) for k in order], fontsize=8)
     ax.set_xlabel("prompt setting")
     ax.set_ylabel("mIoU (%)")
-    _finish(fig, ax, path)
+    save_png(fig, path)
 
 
 def prompt_report(

@@ -1,8 +1,7 @@
 """Run outputs: reading the per-sample JSON lines, summary.json (atomic), markdown tables in the
 papers' layout and PNG plots, for one run or several runs side by side.
 
-Plots use matplotlib's object API with the Agg canvas (no pyplot, no global backend switch), so
-they work headless and do not disturb an interactive session in the same process.
+Plots are made with ``steadysam.plots`` (headless, no pyplot; one style and atomic PNG saves).
 """
 
 from __future__ import annotations
@@ -15,8 +14,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from steadysam.atomic import atomic_path, atomic_write_text
+from steadysam.atomic import atomic_write_text
 from steadysam.eval.metrics import summarize
+from steadysam.plots import new_figure, save_png
 
 DATASET_ORDER = (
     "grabcut",
@@ -234,26 +234,9 @@ def paper_table(summaries: Sequence[dict[str, Any]], metric: str = "90") -> str:
     return f"NoC@{metric}\n\n" + "\n".join(lines) + "\n"
 
 
-def _canvas(w: float = 6.0, h: float = 4.0):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(w, h), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig, fig.add_subplot(1, 1, 1)
-
-
-def _finish(fig, ax, path: Path) -> None:
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp)
-
-
 def plot_miou(summaries: Sequence[dict[str, Any]], path: Path) -> None:
     """mIoU (%) after each click, one curve per run."""
-    fig, ax = _canvas()
+    fig, (ax,) = new_figure()
     for s in summaries:
         y = [math.nan if v is None else 100 * v for v in s["miou"]]
         ax.plot(
@@ -267,12 +250,12 @@ def plot_miou(summaries: Sequence[dict[str, Any]], path: Path) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("number of clicks")
     ax.set_ylabel("mIoU (%)")
-    _finish(fig, ax, path)
+    save_png(fig, path)
 
 
 def plot_delta_hist(summaries: Sequence[dict[str, Any]], path: Path) -> None:
     """Distribution of ΔIoU drops worse than -1 % (FocSAM Figure 4), one step curve per run."""
-    fig, ax = _canvas()
+    fig, (ax,) = new_figure()
     for s in summaries:
         h = s["stability"]["histogram"]
         edges = [100 * e for e in h["edges"]]
@@ -280,7 +263,7 @@ def plot_delta_hist(summaries: Sequence[dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("ΔIoU between consecutive clicks (%), drops < -1 % only")
     ax.set_ylabel("count")
     ax.set_yscale("symlog")
-    _finish(fig, ax, path)
+    save_png(fig, path)
 
 
 def write_run_report(run_dir: Path, summary: dict[str, Any]) -> None:

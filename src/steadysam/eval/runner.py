@@ -18,6 +18,7 @@ per sample id), so the merged result equals a single-process run.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -33,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from steadysam.atomic import atomic_write_text
-from steadysam.clicks import Clicker
+from steadysam.clicks import RULES, Clicker
+from steadysam.distributed import init_distributed, torchrun_env
 from steadysam.eval.datasets import (
     IMAGE_EXTS,
     Dataset,
@@ -46,9 +48,8 @@ from steadysam.eval.datasets import (
 )
 from steadysam.eval.metrics import iou, sample_metrics
 from steadysam.eval.report import finalize, read_jsonl, read_records
+from steadysam.modes import MODES
 
-PROTOCOLS = ("focsam", "sam-best")
-CLICKERS = ("ritm", "focsam")
 IGNORE_MODES = ("auto", "exclude", "background")
 # Changing any of these makes old results incomparable, so resume refuses.
 SEMANTIC_KEYS = tuple(
@@ -154,8 +155,8 @@ class EvalConfig:
     def validate(self) -> None:
         """Raise RunError for a bad option, naming it, its value and what is allowed."""
         check_int("--clicks", self.clicks, 1)
-        check_choice("--clicker", self.clicker, CLICKERS)
-        check_choice("--protocol", self.protocol, PROTOCOLS)
+        check_choice("--clicker", self.clicker, RULES)
+        check_choice("--protocol", self.protocol, MODES)
         check_choice("--ignore", self.ignore, IGNORE_MODES)
         check_int("--seed", self.seed, 0)
         if self.limit is not None:
@@ -241,53 +242,6 @@ class JsonlAppender:
         self._f.close()
 
 
-# ------------------------------------------------------------------------------ distributed
-
-
-class _Dist:
-    """Minimal torch.distributed wrapper; a no-op (and torch-free) for single-process runs."""
-
-    def __init__(self, device: str | None) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.created = False
-        self.dist = None
-        if self.world <= 1:
-            self.world, self.rank = 1, 0
-            return
-        import datetime
-
-        import torch
-        import torch.distributed as dist
-
-        self.dist = dist
-        if not dist.is_initialized():
-            use_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
-            if use_cuda:
-                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            # Ranks wait for the slowest one at the end: a generous timeout, not gloo's 30 min.
-            dist.init_process_group(
-                "nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=24)
-            )
-            self.created = True
-        self.rank, self.world = dist.get_rank(), dist.get_world_size()
-
-    def barrier(self) -> None:
-        if self.dist is not None:
-            self.dist.barrier()
-
-    def bcast(self, obj: Any) -> Any:
-        if self.dist is None:
-            return obj
-        box = [obj]
-        self.dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def close(self) -> None:
-        if self.created and self.dist is not None:
-            self.dist.destroy_process_group()
-
-
 # ---------------------------------------------------------------------------------- the run
 
 
@@ -310,7 +264,7 @@ def build_predictor(cfg: Any) -> Any:
         import torch
 
         if torch.cuda.is_available():
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            device = f"cuda:{torchrun_env()[2]}"
     if device:
         model = model.to(device)
     model.eval()
@@ -719,7 +673,8 @@ def evaluate(
     require_images(ds, cfg.dataset)
     run_dir = cfg.run_dir()
     now = dataclasses.asdict(cfg)
-    dist = _Dist(cfg.device)
+    # Ranks wait for the slowest one at the end: a generous timeout, not gloo's 30 min.
+    dist = init_distributed(cfg.device, timeout=datetime.timedelta(hours=24))
     try:
         # Rank 0 checks the folder before any model is built, and writes config.json (with
         # the weights digest) once the model is; every rank raises the same RunError.
@@ -729,7 +684,7 @@ def evaluate(
                 folder = check_run_dir(run_dir, "eval", now, SEMANTIC_KEYS, ds.root, cfg.data_root)
             except RunError as e:
                 err = str(e)
-        err = dist.bcast(err)
+        err = dist.broadcast(err)
         if err:
             raise RunError(err)
         if predictor is None:
@@ -740,7 +695,7 @@ def evaluate(
                 _start_parts(cfg, run_dir)
             except RunError as e:
                 err = str(e)
-        err = dist.bcast(err)
+        err = dist.broadcast(err)
         if err:
             raise RunError(err)
         done = {r["id"] for r in read_records(run_dir)}
@@ -758,7 +713,7 @@ def evaluate(
             meta.update(ignore=cfg.ignore_mode(), data_root=str(ds.root), num_images=len(items))
             meta["weights_digest"] = digest
             summary = finalize(run_dir, meta, cfg.clicks)
-        summary = dist.bcast(summary)
+        summary = dist.broadcast(summary)
     finally:
         dist.close()
     require_results(summary, run_dir, "samples", f"dataset {cfg.dataset} at {ds.root}")

@@ -6,6 +6,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+# The model's parts: its top-level modules (``Sam.image_encoder``, ...), whose names begin every
+# state-dict key; a SAM model has no refiner.
+PARTS = ("image_encoder", "prompt_encoder", "mask_decoder", "refiner")
+# Stable-SAM's plugin (DSP + DRP) lives inside the mask decoder, so it is no top-level module,
+# but training and parameter counts treat it as a part of its own ("mask_decoder" then means
+# SAM's decoder weights without it).
+PLUGIN_PART = "plugin"
+
 
 @dataclass
 class RefinerConfig:

@@ -1,17 +1,15 @@
 """Training setup: the model (architecture + initial weights + frozen parts), the optimiser and
-its schedule, and the torchrun process group."""
+its schedule (the torchrun process group: ``steadysam.distributed``)."""
 
 from __future__ import annotations
-
-import os
-from dataclasses import dataclass
 
 import torch
 
 from ..models.build import build_sam
+from ..models.config import PARTS, PLUGIN_PART
 from ..models.sam import Sam
 from ..models.stable_plugin import is_plugin_key
-from .config import PARTS, ConfigError, OptimConfig, TrainConfig
+from .config import ConfigError, OptimConfig, TrainConfig
 
 
 def build_train_model(cfg: TrainConfig) -> Sam:
@@ -75,12 +73,12 @@ def set_trainable(model: Sam, trainable: list[str]) -> None:
     are set first, then the plugin's parameters, so ``[plugin]`` trains the plugin alone and
     ``[mask_decoder]`` SAM's decoder without it."""
     for part in PARTS:
-        module = getattr(model, part, None) if part != "plugin" else None
+        module = getattr(model, part, None)
         if module is not None:
             for p in module.parameters():
                 p.requires_grad_(part in trainable)
     for p in model.plugin_parameters():
-        p.requires_grad_("plugin" in trainable)
+        p.requires_grad_(PLUGIN_PART in trainable)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
@@ -107,34 +105,3 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
         optimizer,
         lambda it: lr_factor(it, cfg.iters, o.warmup_iters, o.warmup_start_factor, o.decay),
     )
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-
-def init_distributed(device: str = "auto") -> Dist:
-    """Process group from torchrun's environment (gloo on CPU, nccl on GPU); single process
-    without it."""
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = torch.device(f"cuda:{local}" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(dev)
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
-    return Dist(rank, world, local, dev)

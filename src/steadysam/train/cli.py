@@ -152,7 +152,8 @@ def _embed_config(args: argparse.Namespace):
 def cmd_embed(args: argparse.Namespace) -> int:
     import torch
 
-    from .build import build_train_model, init_distributed
+    from ..distributed import init_distributed
+    from .build import build_train_model
     from .config import check_output_path
     from .data import ImageSpec, TrainSamples, build_sources
     from .embed_cache import build_cache, fp16_loss_effect

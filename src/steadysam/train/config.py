@@ -17,9 +17,11 @@ from typing import Any
 
 import yaml
 
-# "plugin" is Stable-SAM's DSP + DRP: it lives inside the mask decoder but is its own part
-# ("mask_decoder" then means SAM's decoder weights without the plugin).
-PARTS = ("image_encoder", "prompt_encoder", "mask_decoder", "refiner", "plugin")
+from ..models.config import PARTS, PLUGIN_PART
+
+# What model.trainable may list: the model's parts and Stable-SAM's plugin, a part of its own
+# although it lives inside the mask decoder.
+TRAINABLE_PARTS = (*PARTS, PLUGIN_PART)
 STAGES = ("sam", "refiner", "rts")
 DATASET_TYPES = ("folder", "coco", "lvis")
 
@@ -208,9 +210,11 @@ class TrainConfig:
             raise ConfigError(f"stage must be one of {STAGES}, not {self.stage!r}")
         if self.model.pos_embed_init not in ("zeros", "sincos"):
             raise ConfigError("model.pos_embed_init must be zeros or sincos")
-        bad = sorted(set(self.model.trainable) - set(PARTS))
+        bad = sorted(set(self.model.trainable) - set(TRAINABLE_PARTS))
         if bad:
-            raise ConfigError(f"model.trainable: unknown parts {bad}; known: {list(PARTS)}")
+            raise ConfigError(
+                f"model.trainable: unknown parts {bad}; known: {list(TRAINABLE_PARTS)}"
+            )
         if not self.model.trainable:
             raise ConfigError("model.trainable is empty: nothing to train")
         arch = self.arch()
@@ -223,7 +227,7 @@ class TrainConfig:
                 "stage rts needs a model with a Stable-SAM plugin (e.g. stable_sam_vit_l, or "
                 "model.arch.plugin: {})"
             )
-        if "plugin" in self.model.trainable and arch.plugin is None:
+        if PLUGIN_PART in self.model.trainable and arch.plugin is None:
             raise ConfigError("model.trainable lists 'plugin' but the model has none")
         if self.run.export_plugin and arch.plugin is None:
             raise ConfigError("run.export_plugin is set but the model has no Stable-SAM plugin")

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from ..preprocess import Frame, image_to_tensor, load_image
+from ..datafiles import DatasetError, ImageError, image_size, read_image
+from ..preprocess import Frame, image_to_tensor
 from .config import DataConfig
-from .sources import DatasetError, Source, build_source, read_mask
+from .sources import Source, build_source
 from .transforms import color_augment_rgb, mask_to_frame
 
 __all__ = [
@@ -31,7 +31,6 @@ __all__ = [
     "collate",
     "build_sources",
     "cache_key",
-    "read_mask",
 ]
 
 
@@ -125,7 +124,7 @@ class TrainSamples(Dataset):
     def _read_rgb(self, d: int, i: int) -> np.ndarray:
         src = self.sources[d]
         try:
-            return load_image(src.paths[i])
+            return read_image(src.paths[i])  # the decoder evaluation uses (steadysam.datafiles)
         except Exception as e:  # ImageError names the file already; say which dataset
             raise DatasetError(f"dataset {src.name!r}: {_reason(e)}") from e
 
@@ -142,17 +141,18 @@ class TrainSamples(Dataset):
         except DatasetError:
             raise
         except Exception as e:  # PIL / pycocotools fail in many ways on a damaged file
+            why = e.reason if isinstance(e, ImageError) else _reason(e)  # the label names it
             raise DatasetError(
                 f"dataset {src.name!r}: cannot read the {src.mask_label(i)} of image "
-                f"{str(src.paths[i])!r} ({_reason(e)})"
+                f"{str(src.paths[i])!r} ({why})"
             ) from e
 
     def _image_size(self, d: int, i: int) -> tuple[int, int]:
-        """(H, W) of an image file from its header (images are not decoded with a cache)."""
+        """(H, W) of an image file as it decodes, from its header (images are not decoded with
+        a cache)."""
         path = self.sources[d].paths[i]
         try:
-            with Image.open(path) as im:
-                return im.height, im.width
+            return image_size(path)
         except Exception as e:
             raise DatasetError(
                 f"dataset {self.sources[d].name!r}: cannot read image {str(path)!r} ({_reason(e)})"

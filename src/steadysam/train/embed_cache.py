@@ -4,8 +4,8 @@ computed once.
 Layout of a cache folder::
 
     meta.json        what made it: cache format version, encoder digest (state_digest of the
-                     image encoder), image size, convention, dtype, colour augmentation + seed
-                     (a mismatch on reuse is an error)
+                     image encoder), image size, convention, image decoder, dtype, colour
+                     augmentation + seed (a mismatch on reuse is an error)
     index.json       meta + the list of complete entries (written when a run finishes)
     embeds/<key>.npy C x h x w float16/float32, one per image, written atomically
 
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path
+from ..datafiles import IMAGE_DECODER
 from ..models.sam import Sam
 from ..weights.digest import state_digest
 from .data import ImageSpec, TrainSamples, cache_key
@@ -47,6 +48,9 @@ def cache_meta(model: Sam, dtype: str, color_aug: bool, seed: int) -> dict[str, 
         "encoder": state_digest(model.image_encoder),
         "image_size": model.image_size,
         "preprocess": model.config.preprocess,
+        # Caches written before images were read by steadysam.datafiles (OpenCV) have none:
+        # their embeddings come from Pillow's decode, which differs on some files.
+        "decoder": IMAGE_DECODER,
         "dtype": dtype,
         "color_aug": color_aug,
         "seed": seed,
@@ -90,6 +94,14 @@ class EmbeddingCache:
         for k, v in want.items():
             if self.meta.get(k) != v:
                 raise CacheError(f"cache {str(self.folder)!r}: {k} {self.meta.get(k)!r} != {v!r}")
+        if self.meta.get("decoder") != IMAGE_DECODER:
+            made = self.meta.get("decoder") or "Pillow (an older steadysam)"
+            raise CacheError(
+                f"cache {str(self.folder)!r} holds embeddings of images decoded by {made}; this "
+                "steadysam decodes them with OpenCV, as evaluation does, and some files decode "
+                "differently (EXIF-rotated, CMYK, 16-bit): re-create it "
+                "(steadysam embed into a new --out folder, or delete this one first)"
+            )
         if self.meta.get("encoder") != state_digest(model.image_encoder):
             raise CacheError(
                 f"cache {str(self.folder)!r} was computed with a different image encoder; "

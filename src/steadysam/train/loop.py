@@ -24,16 +24,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..distributed import Dist, init_distributed
 from ..models.sam import Sam
 from ..prompts import Prompt, rts_prompt
 from ..weights.digest import state_digest
-from .build import (
-    Dist,
-    build_optimizer,
-    build_scheduler,
-    build_train_model,
-    init_distributed,
-)
+from .build import build_optimizer, build_scheduler, build_train_model
 from .config import ConfigError, TrainConfig, dump_config, resume_differences, show_value
 from .data import (
     DatasetError,
@@ -554,6 +549,5 @@ def _train(cfg: TrainConfig, resume: bool) -> Path:
             if cfg.run.export_plugin:
                 save_plugin_checkpoint(model, cfg.run.export_plugin)
     dist.barrier()
-    if dist.world > 1:
-        torch.distributed.destroy_process_group()
+    dist.close()
     return final

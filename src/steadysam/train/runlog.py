@@ -1,11 +1,11 @@
-"""Run log: a CSV of per-interval averages and a loss plot (matplotlib Agg, PNG)."""
+"""Run log: a CSV of per-interval averages and a loss plot (PNG, ``steadysam.plots``)."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
-from ..atomic import atomic_path
+from ..plots import new_figure, save_png
 
 COLUMNS = (
     "iter", "loss", "nfl", "ptl", "bce", "dice", "iou", "iou_coarse", "lr", "it_per_s",
@@ -41,34 +41,22 @@ class CsvLog:
 def plot_losses(log: CsvLog, out: Path, title: str = "") -> None:
     """Loss curves (the total and its terms when there are several) and IoU vs iteration,
     written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = log.read()
     if not rows:
         return
     it = [r["iter"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (ax1, ax2) = new_figure(10, 3.6, ncols=2)
     terms = [k for k in TERMS if any(r.get(k) is not None for r in rows)]
     for key in ["loss", *terms] if len(terms) > 1 else ["loss"]:  # one term: it is the loss
         ys = [r.get(key, float("nan")) for r in rows]
         ax1.plot(it, ys, label=key)
     ax1.set_xlabel("iteration")
     ax1.set_ylabel("loss")
-    ax1.legend()
     for key in ("iou", "iou_coarse"):
         ys = [r.get(key, float("nan")) for r in rows]
         if any(y == y for y in ys):
             ax2.plot(it, ys, label=key)
     ax2.set_xlabel("iteration")
     ax2.set_ylabel("training IoU")
-    ax2.legend()
     fig.suptitle(title)
-    fig.tight_layout()
-    try:
-        with atomic_path(out, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
+    save_png(fig, out)

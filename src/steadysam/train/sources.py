@@ -16,15 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from ..datafiles import IMAGE_EXTS, DatasetError, label_map, read_mask
 from .config import DatasetConfig
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-class DatasetError(ValueError):
-    """A training dataset that cannot be used (missing path, malformed annotations)."""
 
 
 def _dir(path: str, what: str) -> Path:
@@ -63,16 +57,10 @@ def _check_files(paths: list[Path], what: str) -> None:
         )
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """A mask PNG -> H x W int64 labels (RGB files decode as R + 256 G + 256^2 B, the COCO
-    panoptic id formula, in int arithmetic)."""
-    with Image.open(path) as im:
-        if im.mode in ("RGB", "RGBA"):
-            a = np.asarray(im.convert("RGB")).astype(np.int64)
-            return a[..., 0] + 256 * a[..., 1] + 65536 * a[..., 2]
-        if im.mode in ("L", "P", "1", "I", "I;16", "I;16B", "I;16L"):
-            return np.asarray(im).astype(np.int64)
-        return np.asarray(im.convert("L")).astype(np.int64)
+def read_labels(path: Path) -> np.ndarray:
+    """A mask file -> H x W int64 labels (``steadysam.datafiles``: colour masks decode as
+    R + 256 G + 256² B, the COCO panoptic id formula)."""
+    return label_map(read_mask(path)[0])
 
 
 class Source:
@@ -126,7 +114,7 @@ class FolderSource(Source):
         return f"mask {str(self.mask_paths[i])!r}"
 
     def sample_object(self, i: int, rng: np.random.Generator) -> np.ndarray:
-        labels = read_mask(self.mask_paths[i])
+        labels = read_labels(self.mask_paths[i])
         if self.binary:
             return labels > 0
         ids = np.unique(labels)
@@ -228,7 +216,7 @@ class CocoSource(Source):
     def sample_object(self, i: int, rng: np.random.Generator) -> np.ndarray:
         img_id, png, ids = self.items[i]
         if self.panoptic:
-            labels = read_mask(png)
+            labels = read_labels(png)
             return labels == ids[rng.integers(len(ids))]
         if self.overlap is None:
             return self._ann_mask(ids[rng.integers(len(ids))])

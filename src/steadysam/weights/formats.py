@@ -8,9 +8,10 @@ from typing import Any
 
 import torch
 
+from ..models.config import PARTS
+
 # Its presence in safetensors metadata marks our own format (the config is stored as JSON there).
 CONFIG_METADATA_KEY = "steadysam.config"
-PARTS = ("image_encoder", "prompt_encoder", "mask_decoder", "refiner")
 
 # The one key-compatibility table: (our prefix, FocSAM prefix, renames of dotted name components
 # inside that part). Official SAM needs no entry: its keys are ours (the refiner aside).
