@@ -38,7 +38,7 @@ CLICKS = [(427, 240, True), (213, 120, False), (640, 240, True)]
 
 
 def _plugin_model(official: torch.nn.Module, routing: str, bias: float) -> torch.nn.Module:
-    model = build_model("sam_vit_b")
+    model = build_model("sam_vit_b", random_init=True)
     model.load_state_dict(official.state_dict())
     attach_plugin(model, PluginConfig(routing=routing))
     g = torch.Generator().manual_seed(0)
@@ -97,7 +97,7 @@ def main() -> None:
         VIT_B["encoder_num_heads"],
         VIT_B["encoder_global_attn_indexes"],
     ).eval()
-    plain = build_model("sam_vit_b")
+    plain = build_model("sam_vit_b", random_init=True)
     plain.load_state_dict(official.state_dict())
     emb = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(1))
     runs = {

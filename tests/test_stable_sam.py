@@ -11,8 +11,9 @@ import torch
 from conftest import randomize_
 
 from steadysam import Predictor, build_model
-from steadysam.models.build import attach_plugin, build_sam, sam_config
+from steadysam.models.build import attach_plugin, build_sam
 from steadysam.models.config import PluginConfig
+from steadysam.models.deformable_sampling import DeformableSampling
 from steadysam.models.stable_plugin import StablePlugin, is_plugin_key
 from steadysam.weights.files import (
     CheckpointError,
@@ -23,13 +24,14 @@ from steadysam.weights.files import (
     save_checkpoint,
     save_plugin_checkpoint,
 )
+from steadysam.weights.registry import sam_config
 
 
 def _pair(base: str, plugin: PluginConfig | None = None, seed: int = 0):
     """(base model with random non-trivial weights, the same weights + a fresh plugin)."""
     torch.manual_seed(seed)
-    plain = randomize_(build_model(base), std=0.2, seed=seed + 1)
-    stable = build_model(base)
+    plain = randomize_(build_model(base, random_init=True), std=0.2, seed=seed + 1)
+    stable = build_model(base, random_init=True)
     stable.load_state_dict(plain.state_dict())
     attach_plugin(stable, plugin or PluginConfig())
     return plain.eval(), stable.eval()
@@ -162,6 +164,85 @@ def test_fast_row_sampling_equals_grid_sample():
         assert torch.equal(dsp.sample(maps, zero), maps.flatten(2).transpose(1, 2))
 
 
+def _random_dsp(dim: int = 32, seed: int = 7, **kwargs) -> DeformableSampling:
+    """A DSP with non-trivial weights: offsets of a few cells, some across the border."""
+    dsp = DeformableSampling(dim, **kwargs)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in dsp.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)
+    return dsp
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"offset_range": 3.0}, {"sample_source": "raw", "kernel_size": 3}],
+    ids=["default", "bounded", "raw-k3"],
+)
+def test_inference_offsets_and_sampling_match_the_autograd_reference(kwargs):
+    """The inference path (functional offset net, row bags, split PE gathers) against the
+    module / grid_sample reference that runs under autograd, on a non-square grid, batched,
+    with a shared and a per-prompt PE; the reference's gradients reach every parameter."""
+    dsp = _random_dsp(**kwargs)
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(3, 12 * 10, 32, generator=g)
+    for pe in (torch.randn(1, 120, 32, generator=g), torch.randn(3, 120, 32, generator=g), None):
+        with torch.no_grad():
+            fast = dsp(x, (12, 10), pe)
+        ref = dsp(x, (12, 10), pe)
+        assert ref[2].requires_grad and not fast[2].requires_grad
+        assert fast[2].abs().max() > 1.0  # offsets of more than a cell: a real test
+        for a, b in zip(fast, ref, strict=True):
+            if b is None:
+                assert a is None
+            else:
+                torch.testing.assert_close(a, b.detach(), atol=2e-5, rtol=1e-5)
+    dsp.zero_grad()
+    ref[0].square().sum().backward()
+    for name, p in dsp.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_inference_sampling_matches_grid_sample_at_sam_size():
+    """64 x 64 x 256 as in SAM ViT-B, offsets from a random offset network."""
+    dsp = _random_dsp(256, seed=9)
+    x = torch.randn(1, 64 * 64, 256, generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        fast, _, off = dsp(x, (64, 64))
+        xs, _ = dsp.offsets(x, (64, 64))
+    assert off.abs().max() > 1.0
+    with torch.enable_grad():  # grid_sample
+        ref = dsp.sample(xs.view(1, 64, 64, 256).permute(0, 3, 1, 2), off)
+    # grid_sample rounds positions in its normalised frame (~1e-6 of a cell at w = 64),
+    # which the differences between neighbouring cells (here ~10) scale.
+    torch.testing.assert_close(fast, ref, atol=1e-5 * xs.abs().max().item(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("pe_mode", ["grid", "deformed"])
+def test_soft_routing_without_autograd_matches_the_reference(pe_mode):
+    """Inference (in-place mix; skip at weight 0, pick at weight 1) against the same plugin
+    under autograd, for one prompt and a batch; weights 0 and 1 come from a saturated softmax."""
+    plugin = StablePlugin(16, PluginConfig(pe_mode=pe_mode), num_output_tokens=5).eval()
+    _perturb_plugin_module(plugin.dsp)
+    g = torch.Generator().manual_seed(11)
+    for b in (1, 3):
+        queries = torch.randn(b, 7, 16, generator=g)
+        keys, pe = torch.randn(b, 36, 16, generator=g), torch.randn(1, 36, 16, generator=g)
+        for bias in (-200.0, -0.7, 200.0):  # deformed weight exactly 0, ~0.3, exactly 1
+            with torch.no_grad():
+                plugin.drp.fc2.bias.copy_(torch.tensor([bias, 0.0]))
+                k, v = plugin(queries, keys, pe, (6, 6))
+            k_ref, v_ref = plugin(queries, keys, pe, (6, 6))
+            assert v_ref.requires_grad
+            torch.testing.assert_close(v, v_ref.detach(), atol=2e-5, rtol=1e-5)
+            torch.testing.assert_close(k, k_ref.detach(), atol=2e-5, rtol=1e-5)
+            if bias < -100:  # the regular features, exactly
+                assert torch.equal(v, keys) and torch.equal(k, keys + pe)
+            if bias > 100 and pe_mode == "grid":  # the deformed features, exactly
+                with torch.no_grad():
+                    assert torch.equal(v, plugin.dsp(keys, (6, 6))[0])
+
+
 def test_one_offset_field_per_prompt():
     _, stable = _pair("sam_tiny")
     _perturb_plugin(stable)
@@ -231,7 +312,7 @@ def test_set_routing_updates_modules_and_config():
     with pytest.raises(ValueError, match="routing"):
         stable.set_routing("sometimes")
     with pytest.raises(ValueError, match="no Stable-SAM plugin"):
-        build_model("sam_tiny").set_routing("hard")
+        build_model("sam_tiny", random_init=True).set_routing("hard")
 
 
 # -- parameters, training ---------------------------------------------------------------------
@@ -325,7 +406,7 @@ def trained(tmp_path):
     _perturb_plugin(stable)
     sam_path = save_checkpoint(plain, tmp_path / "sam.safetensors")
     torch.manual_seed(1)
-    focsam = randomize_(build_model("focsam_tiny"), seed=4)
+    focsam = randomize_(build_model("focsam_tiny", random_init=True), seed=4)
     focsam_path = save_checkpoint(focsam, tmp_path / "focsam.safetensors")
     plugin_path = save_plugin_checkpoint(stable, tmp_path / "plugin.safetensors")
     return stable, sam_path, focsam_path, plugin_path
@@ -353,9 +434,9 @@ def test_plugin_file_loads_on_sam_and_on_focsam(trained):
     for k, v in stable.state_dict().items():
         if is_plugin_key(k):
             assert torch.equal(on_focsam.state_dict()[k], v), k
-    # A name alone (random base weights) with the file, base or combination name.
+    # Random base weights (asked for) with the file, base or combination name.
     for name in ("sam_tiny", "stable_sam_tiny"):
-        model = build_model(name, plugin=plugin_path)
+        model = build_model(name, random_init=True, plugin=plugin_path)
         assert model.config.plugin == stable.config.plugin and len(model.plugins()) == 1
         assert not any(m.training for m in model.modules())  # the plugin joins in eval mode
     # The same through the registered combination names.
@@ -383,13 +464,17 @@ def test_bare_state_dict_with_a_plugin_infers_its_sites(tmp_path):
     assert config.plugin == PluginConfig(sites=("final_t2i",), drp_hidden=16)
     path = tmp_path / "bare.pth"
     torch.save(model.state_dict(), path)
-    assert len(build_model(checkpoint=path).plugins()) == 1
+    # The plugin's PE mode, router token, sampled map and offset bound are not in its shapes.
+    with pytest.raises(CheckpointError, match="plugin.pe_mode, plugin.drp_token"):
+        build_model(checkpoint=path)
+    _, loaded, _ = load_checkpoint(path, architecture=model.config)
+    assert loaded.plugin == PluginConfig(sites=("final_t2i",), drp_hidden=16)
 
 
 def test_plugin_mismatches_are_checkpoint_errors(trained, tmp_path):
     stable, sam_path, _, plugin_path = trained
     # A plugin made for another decoder width.
-    wide = build_model("stable_sam_vit_b")
+    wide = build_model("stable_sam_vit_b", random_init=True)
     wide_path = save_plugin_checkpoint(wide, tmp_path / "wide.safetensors")
     with pytest.raises(CheckpointError, match="prompt_embed_dim: plugin 256, model 64"):
         build_model(checkpoint=sam_path, plugin=wide_path)
@@ -400,7 +485,7 @@ def test_plugin_mismatches_are_checkpoint_errors(trained, tmp_path):
     with pytest.raises(CheckpointError, match="already has a Stable-SAM plugin"):
         build_model(checkpoint=merged, plugin=plugin_path)
     # A name with a plugin and a checkpoint without one.
-    with pytest.raises(CheckpointError, match="holds none"):
+    with pytest.raises(CheckpointError, match="plugin: checkpoint has none"):
         build_model("stable_sam_tiny", checkpoint=sam_path)
     # A plugin file with a tensor missing and one too many.
     from safetensors import safe_open
@@ -425,9 +510,9 @@ def test_plugin_mismatches_are_checkpoint_errors(trained, tmp_path):
         build_model(checkpoint=sam_path, plugin=bad)
 
 
-def test_pretrained_stable_names_need_a_plugin():
+def test_stable_names_need_a_plugin():
     with pytest.raises(ValueError, match="no published weights"):
-        build_model("stable_sam_vit_b", pretrained=True)
+        build_model("stable_sam_vit_b")
 
 
 def test_one_plugin_file_fits_every_sam_and_focsam_size(tmp_path):

@@ -87,8 +87,12 @@ class StablePlugin(nn.Module):
         """Tokens after self-attention (B x N x C), image x_p (B x hw x C), its PE (1|B x hw x C)
         on an h x w grid -> (attention keys, attention values), each B x hw x C."""
         a = self.route(queries)
-        if self.routing == "hard" and not self.training and not bool(a.any()):
-            return keys + key_pe, keys  # regular mode for every prompt: skip the sampling
+        # Weight exactly 0 for every prompt (hard routing's regular mode, or a saturated soft
+        # router): x_mix = x_p, so skip the offset network and the sampling. Not while
+        # recording autograd, where every plugin parameter must take part (DDP).
+        skip = (self.routing == "hard" and not self.training) or not torch.is_grad_enabled()
+        if skip and not bool(a.any()):
+            return keys + key_pe, keys
         deformed = self.pe_mode == "deformed"
         x_def, pe_def, _ = self.dsp(keys, size, key_pe if deformed else None)
         values = self._mix(a, x_def, keys)
@@ -104,5 +108,10 @@ class StablePlugin(nn.Module):
         # regular + a * (deformed - regular) in one pass; exact where the two are equal. A
         # single prompt's weight as a Python number: the scalar kernel is ~30 % faster.
         if a.numel() == 1 and not a.requires_grad:
-            return torch.lerp(regular, deformed, float(a))
+            w = float(a)
+            if w == 1.0:  # lerp at weight 1 is ``deformed`` exactly: skip the pass
+                return deformed
+            # Without autograd, into ``deformed`` (fresh from the sampling, still in cache).
+            out = None if torch.is_grad_enabled() else deformed
+            return torch.lerp(regular, deformed, w, out=out)
         return torch.lerp(regular, deformed, a)
