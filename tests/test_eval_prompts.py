@@ -404,45 +404,41 @@ def test_plugin_option_reaches_build_model(monkeypatch, capsys):
         assert "--plugin" in capsys.readouterr().out
 
 
-def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, data_root):
+@pytest.mark.multiprocess
+def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, data_root, monkeypatch):
     """A real SIGKILL of the CLI process while it evaluates: the resumed run's records equal an
     uninterrupted run's, with no object lost or duplicated."""
     import os
-    import signal
-    import subprocess
-    import sys
-    import time
+
+    from conftest import sigkill_at
+
+    from steadysam.eval.prompt_runner import JsonlAppender
 
     ckpt = tiny_checkpoint(tmp_path / "tiny.safetensors")  # random weights, fixed in a file
     args = [
         "eval-prompts", "--checkpoint", str(ckpt), "--dataset", "GrabCut",
-        "--data-root", str(data_root), "--limit", "12", "--draws", "3", "--no-progress",
+        "--data-root", str(data_root), "--limit", "5", "--draws", "3", "--no-progress",
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "steadysam", *args, "--out", str(killed)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    # Killed right after its second record was written: mid-run on any machine.
+    sigkill_at("steadysam.eval.prompt_runner:JsonlAppender.write", 2, tmp_path / "child",
+               [*args, "--out", str(killed)], module="steadysam", env=env)  # fmt: skip
     records = killed / "records.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if records.is_file() and len(records.read_bytes().splitlines()) >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_before = len(records.read_bytes().splitlines())
-    assert 2 <= done_before < 12
+    assert len(records.read_bytes().splitlines()) == 2
+    assert not (killed / "summary.json").exists()
+    written = []
+    write = JsonlAppender.write
+    monkeypatch.setattr(JsonlAppender, "write", lambda s, r: written.append(r) or write(s, r))
     assert main([*args, "--out", str(killed)]) == 0
+    assert len(written) == 3  # only the objects without a record were evaluated
+    assert len(records.read_bytes().splitlines()) == 5
+    monkeypatch.undo()
     assert main([*args, "--out", str(clean)]) == 0
     a = strip_timing(read_prompt_records(killed))
     b = strip_timing(read_prompt_records(clean))
     assert sorted(r["id"] for r in a) == sorted(r["id"] for r in b)
-    assert len(a) == len({r["id"] for r in a}) == 12
+    assert len(a) == len({r["id"] for r in a}) == 5
     assert sorted(a, key=lambda r: r["id"]) == sorted(b, key=lambda r: r["id"])
     sa = json.loads((killed / "summary.json").read_text())["settings"]
     sb = json.loads((clean / "summary.json").read_text())["settings"]

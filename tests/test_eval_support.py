@@ -8,13 +8,16 @@ deterministic and independent of the lead's real predictor.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(  # the same folder as conftest.DATA_ROOT
+    os.environ.get("STEADYSAM_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
 
 
 class FakeSession:

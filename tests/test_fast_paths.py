@@ -6,6 +6,7 @@ segment-anything), in inference and, where the fast path has a training twin, wi
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import subprocess
@@ -90,21 +91,33 @@ def test_final_attention_runs_only_for_requested_tokens():
 @pytest.mark.parametrize("grad", [False, True])
 def test_rel_pos_attention_chunks_and_window_groups(grad):
     """Non-square grid, several windows; chunk sizes that split query rows unevenly, take whole
-    (batch x head) slices in groups that do not divide the batch, or everything at once."""
+    (batch x head) slices in groups that do not divide the batch, or everything at once. With
+    autograd, every chunking gives the reference gradients of all five inputs."""
     g = torch.Generator().manual_seed(1)
     b, nh, h, w, d = 7, 2, 6, 5, 8
     q, k, v = (torch.randn(b, nh, h * w, d, generator=g) for _ in range(3))
     rel_h, rel_w = torch.randn(2 * h - 1, d, generator=g), torch.randn(2 * w - 1, d, generator=g)
-    if grad:
-        q.requires_grad_(True)
-    ref = _naive(q, k, v, rel_h, rel_w, (h, w), d**-0.5)
+    inputs = (q, k, v, rel_h, rel_w)
+    weight = torch.randn(b, nh, h * w, d, generator=g)  # a loss that weighs every output
+
+    def run(fn):
+        leaves = [t.clone().requires_grad_(grad) for t in inputs]
+        out = fn(*leaves)
+        if not grad:
+            return out, []
+        (out * weight).sum().backward()
+        return out.detach(), [t.grad for t in leaves]
+
+    ref, ref_grads = run(lambda q, k, v, rh, rw: _naive(q, k, v, rh, rw, (h, w), d**-0.5))
     row = w * h * w * 4
     for chunk in (1, 4 * row, h * row, 4 * h * row, 1 << 30):
-        out = rel_pos_attention(q, k, v, rel_h, rel_w, (h, w), d**-0.5, chunk_bytes=chunk)
+        fast = functools.partial(rel_pos_attention, size=(h, w), scale=d**-0.5, chunk_bytes=chunk)
+        out, grads = run(fast)
         assert torch.allclose(out, ref, atol=1e-5), chunk
-    if grad:
-        out.sum().backward()
-        assert q.grad is not None and q.grad.abs().sum() > 0
+        names = ("q", "k", "v", "rel_h", "rel_w") if grad else ()
+        for name, a, r in zip(names, grads, ref_grads, strict=True):
+            assert a is not None, (chunk, name)
+            assert torch.allclose(a, r, atol=1e-4, rtol=1e-4), (chunk, name)
 
 
 def test_fused_linear_matches_composition():
@@ -175,7 +188,38 @@ def test_layernorm2d_matches_official_formula_and_is_channels_last():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
-def test_malloc_tuning_applies_once_and_can_be_disabled():
+def test_malloc_tuning_applies_once_and_can_be_disabled(monkeypatch):
+    """mallopt is called for the three settings on the first call only (later calls return the
+    first answer), and never with STEADYSAM_MALLOC_TUNING=0."""
+    import types
+
+    import steadysam.memory as memory
+
+    calls = []
+
+    class Mallopt:  # a ctypes function: argtypes / restype are set on it
+        def __call__(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    libc = types.SimpleNamespace(mallopt=Mallopt())
+    fake = types.SimpleNamespace(CDLL=lambda name: libc, c_int=memory.ctypes.c_int)
+    monkeypatch.setattr(memory, "ctypes", fake)
+    monkeypatch.delenv("STEADYSAM_MALLOC_TUNING", raising=False)
+    monkeypatch.setattr(memory, "_applied", None)
+    assert memory.retain_freed_memory() and memory.retain_freed_memory()
+    assert sorted(p for p, _ in calls) == [-3, -2, -1] and len(calls) == 3  # once
+    calls.clear()
+    monkeypatch.setattr(memory, "_applied", None)  # a new process
+    monkeypatch.setenv("STEADYSAM_MALLOC_TUNING", "0")
+    assert memory.retain_freed_memory() is False and memory.retain_freed_memory() is False
+    assert calls == []
+
+
+@pytest.mark.multiprocess
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
+def test_glibc_accepts_the_malloc_tuning():
+    """The real glibc, in fresh processes (the settings are process-wide)."""
     code = "from steadysam.memory import retain_freed_memory as r; print(r(), r())"
     env = dict(os.environ)
     env.pop("STEADYSAM_MALLOC_TUNING", None)

@@ -74,12 +74,19 @@ def test_offline_message_names_url_cache_path_and_alternatives(monkeypatch, home
 def test_manually_placed_file_is_verified_once(monkeypatch, tmp_path, home):
     serve(monkeypatch, tmp_path, PAYLOAD)
     monkeypatch.setattr(hub, "_urlopen", None)  # any network use would fail
+    hashed = []
+    sha256 = hub.file_sha256
+    monkeypatch.setattr(hub, "file_sha256", lambda *a, **k: hashed.append(a) or sha256(*a, **k))
     home.mkdir()
     (home / "sam_vit_b_01ec64.pth").write_bytes(PAYLOAD)
     assert hub.download("sam_vit_b", progress=False).read_bytes() == PAYLOAD
+    assert len(hashed) == 1
+    assert hub.download("sam_vit_b", progress=False).read_bytes() == PAYLOAD
+    assert len(hashed) == 1  # unchanged since it was verified: not hashed again
     (home / "sam_vit_b_01ec64.pth").write_bytes(b"tampered")
     with pytest.raises(hub.HubError, match="not the published sam_vit_b file"):
         hub.download("sam_vit_b", progress=False)
+    assert len(hashed) == 2  # changed: hashed again, and refused
 
 
 def test_focsam_needs_a_manual_step_and_unknown_names_fail():

@@ -160,6 +160,14 @@ def test_embedding_cache_memory_and_disk(focsam, image, tmp_path):
     other.set_image(image)
     assert other.last_encoder_seconds > 0
     assert len(list(tmp_path.glob("*.pt"))) == 2
+    # Another image of the same size (one pixel differs) is not served the cached embedding.
+    edited = image.copy()
+    edited[75, 100] = 255 - edited[75, 100]
+    p.set_image(edited)
+    assert p.last_encoder_seconds > 0 and not torch.equal(p.get_image_embedding(), first)
+    assert len(list(tmp_path.glob("*.pt"))) == 3
+    p.set_image(image)  # and the first image still comes from the cache
+    assert p.last_encoder_seconds == 0.0 and torch.equal(p.get_image_embedding(), first)
 
 
 def test_box_prompt_and_sam_best_mode(image):

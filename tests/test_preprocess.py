@@ -63,25 +63,29 @@ def test_logits_to_original_focsam_crops_padding():
     assert 30 <= rows <= 35
 
 
+RGB = np.array([7, 80, 200], np.uint8)  # distinct channels: an order or alpha slip shows
+
+
 @pytest.mark.parametrize(
-    "image",
+    "image, rgb",
     [
-        np.full((5, 6), 7, np.uint8),
-        np.full((5, 6, 1), 7, np.uint8),
-        np.full((5, 6, 3), 7, np.uint8),
-        np.full((5, 6, 4), 7, np.uint8),
-        np.full((5, 6, 3), 7 * 257, np.uint16),
-        np.full((5, 6, 3), 7 / 255, np.float32),
-        np.full((5, 6, 3), 7.0, np.float64),
-        Image.fromarray(np.full((5, 6, 3), 7, np.uint8)),
-        Image.fromarray(np.full((5, 6), 7, np.uint8), mode="L"),
-        torch.full((5, 6, 3), 7, dtype=torch.uint8),
+        (np.full((5, 6), 7, np.uint8), (7, 7, 7)),
+        (np.full((5, 6, 1), 7, np.uint8), (7, 7, 7)),
+        (np.full((5, 6, 3), RGB), RGB),
+        (np.full((5, 6, 4), [*RGB, 33], np.uint8), RGB),  # alpha dropped
+        (np.full((5, 6, 3), RGB.astype(np.uint16) * 257), RGB),
+        (np.full((5, 6, 3), RGB / 255, np.float32), RGB),
+        (np.full((5, 6, 3), RGB, np.float64), RGB),
+        (Image.fromarray(np.full((5, 6, 3), RGB)), RGB),
+        (Image.fromarray(np.full((5, 6, 4), [*RGB, 33], np.uint8), mode="RGBA"), RGB),
+        (Image.fromarray(np.full((5, 6), 7, np.uint8), mode="L"), (7, 7, 7)),
+        (torch.from_numpy(np.full((5, 6, 3), RGB)), RGB),
     ],
 )
-def test_load_image_accepts_common_inputs(image):
+def test_load_image_accepts_common_inputs(image, rgb):
     out = load_image(image)
     assert out.shape == (5, 6, 3) and out.dtype == np.uint8
-    assert (out == 7).all()
+    assert (out == np.asarray(rgb, np.uint8)).all(), out[0, 0]
 
 
 def test_load_image_path_and_errors(tmp_path):

@@ -90,7 +90,10 @@ def test_simulation_keeps_the_box_in_every_round(rounds):
         assert sim.points is None and sim.prev_logits is None
     else:  # round 0 decodes the box alone, each round then adds a corrective click
         assert calls[0]["points"] is None
-        assert 1 <= int((sim.labels >= 0).sum(1).max()) <= rounds
+        for r, kw in enumerate(calls[1:], 1):  # round r decodes the box and r clicks
+            assert kw["points"] is not None, f"round {r} decodes the box alone"
+            assert (kw["points"][1] >= 0).sum(1).tolist() == [r, r]
+        assert (sim.labels >= 0).sum(1).tolist() == [rounds, rounds]
     assert torch.equal(sim.boxes, boxes)
 
 

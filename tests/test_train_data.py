@@ -3,6 +3,7 @@ mixture and rank sharding, colour augmentation, mask <-> image alignment, early 
 
 from __future__ import annotations
 
+import collections
 import json
 
 import numpy as np
@@ -106,24 +107,35 @@ def test_lvis_coco_url_and_overlap_filter(coco, tmp_path):
     src = CocoSource(cfg)
     assert len(src) == 4 and src.paths[0].parent.name == "train2017"
     assert len(_objects(src, 0)) == 2
-    # A duplicate of an annotation is >50 % covered by its twin: the filter keeps one copy.
+    # Three duplicates of annotation 1 (image 0 holds annotations 1 and 2): each is covered by
+    # its twin, so the filter keeps one copy and a visit returns either object half the time;
+    # without the filter the duplicated object would come 4 times in 5.
     data = json.loads(coco["lvis"].read_text())
-    dup = dict(data["annotations"][0], id=999)
-    data["annotations"].append(dup)
+    first = data["annotations"][0]
+    assert [a["image_id"] for a in data["annotations"][:3]] == [first["image_id"]] * 2 + [1001]
+    data["annotations"] += [dict(first, id=900 + n) for n in range(3)]
     path = tmp_path / "lvis_dup.json"
     path.write_text(json.dumps(data))
-    filt = CocoSource(
-        DatasetConfig(
-            type="lvis",
-            name="l",
-            images=str(coco["root"]),
-            annotations=str(path),
-            overlap_filter=0.5,
+
+    def shares(overlap_filter) -> list[float]:
+        """How often each of the image's two objects is drawn."""
+        src = CocoSource(
+            DatasetConfig(
+                type="lvis",
+                name="l",
+                images=str(coco["root"]),
+                annotations=str(path),
+                overlap_filter=overlap_filter,
+            )
         )
-    )
-    rng = np.random.default_rng(1)
-    for _ in range(10):  # a visit to image 0 never returns two identical objects' union
-        assert filt.sample_object(0, rng).any()
+        rng = np.random.default_rng(1)
+        draws = [src.sample_object(0, rng).tobytes() for _ in range(200)]
+        counts = collections.Counter(draws)
+        assert len(counts) == 2 and all(any(m) for m in counts)
+        return sorted(n / len(draws) for n in counts.values())
+
+    assert all(0.4 < share < 0.6 for share in shares(0.5))
+    assert shares(None)[1] > 0.7  # what the test would see if the filter did nothing
 
 
 def test_folder_instance_and_binary(tmp_path):

@@ -8,8 +8,9 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
-from conftest import free_port
+from conftest import PROCESS_TIMEOUT, free_port
 from test_train_support import (
     CONFIGS,
     REPO,
@@ -21,6 +22,8 @@ from test_train_support import (
 from steadysam.train.build import build_train_model
 from steadysam.train.config import load_config
 from steadysam.weights.factory import build_model
+
+pytestmark = pytest.mark.multiprocess
 
 
 def test_two_process_training_stays_in_sync(tmp_path):
@@ -35,7 +38,8 @@ def test_two_process_training_stays_in_sync(tmp_path):
         "-m", "steadysam", "train", str(CONFIGS / "demo_tiny.yaml"), *ov,
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
-    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=PROCESS_TIMEOUT)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     ranks = json.loads((out / "ranks.json").read_text())
     assert [r["rank"] for r in ranks] == [0, 1]

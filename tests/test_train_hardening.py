@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import free_port
+from conftest import PROCESS_TIMEOUT, free_port
 from test_train_support import (
     CONFIGS,
     REPO,
@@ -183,6 +183,10 @@ def test_train_demo_script_copies_the_weights_itself():
         ('"$RUN/rts/plugin.safetensors"', "demo_stable_plugin.safetensors"),
     ]:
         assert f'publish {src} "$WEIGHTS/{dst}"' in text
+
+
+@pytest.mark.multiprocess
+def test_train_demo_script_is_valid_bash():
     res = subprocess.run(["bash", "-n", str(REPO / "scripts" / "train_demo.sh")])
     assert res.returncode == 0
 
@@ -274,7 +278,7 @@ def test_resume_with_changed_settings_is_refused(finished, changes, listed, caps
     assert _folder_hashes(out) == before  # config.yaml, checkpoints, log: untouched
 
 
-def test_resume_may_change_run_settings_and_stays_identical(data, tmp_path):
+def test_resume_may_change_run_settings_and_stays_identical(data, tmp_path, capsys):
     """A run killed at iteration 4 of 6 resumes with other progress / logging / checkpoint /
     worker / export settings and ends bit for bit where the uninterrupted run ended."""
     out = tmp_path / "run"
@@ -290,7 +294,10 @@ def test_resume_may_change_run_settings_and_stays_identical(data, tmp_path):
         "run.out_dir": str(out) + "/",  # spelled differently
     }  # fmt: skip
     assert all(any(k == f or k.startswith(f + ".") for f in RESUME_FREE_KEYS) for k in free)
+    capsys.readouterr()
     again = train(load_config(DEMO, [*ov, *(f"{k}={v}" for k, v in free.items())]))
+    # resumed, not started over (which would end at the same weights too)
+    assert "(iteration 4 of 6)" in capsys.readouterr().out
     assert state_digest(load_checkpoint(again)[0]) == state_digest(ref)
     assert (tmp_path / "exported.safetensors").is_file()
     assert yaml.safe_load((out / "config.yaml").read_text())["run"]["log_every"] == 3
@@ -413,6 +420,7 @@ def test_load_latest_prefers_the_newest_readable(tmp_path):
     assert not list(ck.glob("*.corrupt"))  # move_aside=False (the other ranks) moves nothing
 
 
+@pytest.mark.multiprocess
 def test_two_process_resume_after_a_damaged_checkpoint(data, tmp_path):
     """torchrun: rank 0 moves the damaged newest checkpoint aside (and says so once), both ranks
     resume from the previous one and end in sync; ranks.json holds state_digest of the final
@@ -428,9 +436,18 @@ def test_two_process_resume_after_a_damaged_checkpoint(data, tmp_path):
         "-m", "steadysam", "train", str(DEMO), *ov,
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
-    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
+    res = subprocess.run(
+        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=PROCESS_TIMEOUT
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stderr.count("cannot be read") == 1  # rank 0 reports it, once
+    # Both ranks resumed from checkpoint 2 of the one-process run (a fresh start would end in
+    # sync with the same checkpoint list too): rank 0 says so, and the files changed hands.
+    first = out / "checkpoints" / "iter_0000002.pt"
+    assert f"resuming from {str(first)!r} (iteration 2 of 4)" in res.stdout, res.stdout[-2000:]
+    assert "warning: resuming a 1-process run on 2" in res.stderr
+    assert _state(first)["world_size"] == 1
+    assert _state(out / "checkpoints" / "iter_0000004.pt")["world_size"] == 2
     assert (out / "checkpoints" / "iter_0000004.pt.corrupt").is_file()
     ranks = json.loads((out / "ranks.json").read_text())
     final = state_digest(load_checkpoint(out / "final.safetensors")[0])

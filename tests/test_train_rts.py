@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import free_port, randomize_
+from conftest import PROCESS_TIMEOUT, free_port, randomize_
 from test_train_support import (
     CONFIGS,
     REPO,
@@ -206,40 +206,52 @@ def _batch(cfg, model, n=4):
     return collate([samples[i] for i in range(n)])
 
 
-def test_rts_prompts_are_valid_and_ungrouped_by_padding(data, tmp_path):
+def test_rts_prompts_are_valid_and_ungrouped_by_padding(data, tmp_path, monkeypatch):
+    import steadysam.train.loop as loop
+
     cfg = load_config(RECIPE, rts_overrides(tmp_path, data))
     model = build_train_model(cfg)
     batch = _batch(cfg, model, n=6)
-    calls = []
+    calls, targets = [], []  # per iteration: the prompt encoder's calls, the loss's masks
     hook = model.prompt_encoder.register_forward_hook(
-        lambda m, args, kwargs, out: calls.append(kwargs), with_kwargs=True
+        lambda m, args, kwargs, out: calls[-1].append(kwargs), with_kwargs=True
+    )
+    loss = loop.sampled_mask_loss
+    monkeypatch.setattr(
+        loop, "sampled_mask_loss", lambda lg, gt, *a: targets.append(gt) or loss(lg, gt, *a)
     )
     step = TrainStep(model, cfg)
     try:
         for it in range(4):
+            calls.append([])
             out = step(batch, *_iteration_rngs(cfg.seed, it, 0))
             assert set(out) == {"loss", "bce", "dice", "iou"}
             v = {k: float(t.detach()) for k, t in out.items()}
             assert v["loss"] == pytest.approx(v["bce"] + v["dice"])
     finally:
         hook.remove()
+    assert len(targets) == len(calls) == 4
     kinds = set()
-    gt = batch["gt"]
-    for kw in calls:
-        assert kw["masks"] is None  # no mask input, no iterative rounds
-        if kw["boxes"] is not None:
-            assert kw["points"] is None
-            kinds.add("box")
-            continue
-        coords, labels = kw["points"]
-        assert bool((labels == 1).all())  # positive points only, no padding
-        kinds.add(coords.shape[1])
+    for it_calls, gt in zip(calls, targets, strict=True):
+        row = 0  # the decoded prompts, group after group, line up with the loss's masks
+        for kw in it_calls:
+            assert kw["masks"] is None  # no mask input, no iterative rounds
+            if kw["boxes"] is not None:
+                assert kw["points"] is None
+                kinds.add("box")
+                row += len(kw["boxes"])
+                continue
+            coords, labels = kw["points"]
+            assert bool((labels == 1).all())  # positive points only, no padding
+            kinds.add(coords.shape[1])
+            # points lie on the object: every point of a prompt hits its own sample's mask
+            xy = coords.long()
+            own = gt[row : row + len(xy)]
+            hit = own[torch.arange(len(xy))[:, None], xy[..., 1], xy[..., 0]]
+            assert bool(hit.all()), hit
+            row += len(xy)
+        assert row == len(gt) == 6  # every sample prompted once
     assert "box" in kinds and len(kinds) > 2  # boxes and several point counts
-    # points lie on the object: every point prompt of a batch hits its mask
-    for kw in calls:
-        if kw["points"] is not None:
-            xy = kw["points"][0].long()
-            assert bool(gt[:, xy[..., 1], xy[..., 0]].any(0).all())
 
 
 def test_rts_prompts_stay_inside_the_image(data, tmp_path):
@@ -263,7 +275,7 @@ def test_rts_prompts_stay_inside_the_image(data, tmp_path):
     assert bool((b >= 0).all() and (b[:, 2] <= w - 1).all() and (b[:, 3] <= h - 1).all())
 
 
-def test_rts_run_trains_the_plugin_exports_it_and_resumes(sam_file, data, tmp_path):
+def test_rts_run_trains_the_plugin_exports_it_and_resumes(sam_file, data, tmp_path, capsys):
     cache = tmp_path / "cache"
     ov = rts_overrides(tmp_path / "run", data, iters="4", **{
         "model.checkpoint": sam_file, "data.cache": cache,
@@ -295,10 +307,13 @@ def test_rts_run_trains_the_plugin_exports_it_and_resumes(sam_file, data, tmp_pa
     # resume from iteration 2: bit-identical end
     (out / "checkpoints" / "iter_0000004.pt").unlink()
     final.unlink()
+    capsys.readouterr()
     again = build_model(checkpoint=train(cfg)).state_dict()
+    assert "(iteration 2 of 4)" in capsys.readouterr().out  # resumed, not started over
     assert all(torch.equal(again[k], merged[k]) for k in merged)
 
 
+@pytest.mark.multiprocess
 def test_two_process_rts_stays_in_sync(data, tmp_path):
     out = tmp_path / "run"
     ov = rts_overrides(out, data, iters="2", **{"data.batch_size": "4"})
@@ -308,11 +323,20 @@ def test_two_process_rts_stays_in_sync(data, tmp_path):
         "-m", "steadysam", "train", str(RECIPE), *ov,
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
-    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
+    res = subprocess.run(
+        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=PROCESS_TIMEOUT
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     ranks = json.loads((out / "ranks.json").read_text())
     assert ranks[0]["digest"] == ranks[1]["digest"]
     assert ranks[0]["first_keys"] != ranks[1]["first_keys"]
+    # In sync because the plugin learned the same steps on both ranks, not because it did not
+    # move: the plugin file holds trained, non-initial weights.
+    init = build_train_model(load_config(RECIPE, ov)).state_dict()
+    trained = build_model(checkpoint=out / "final.safetensors").state_dict()
+    plugin = [k for k in trained if is_plugin_key(k)]
+    assert plugin and any(not torch.equal(init[k], trained[k]) for k in plugin)
+    assert all(torch.equal(init[k], trained[k]) for k in trained if not is_plugin_key(k))
     assert (out / "plugin.safetensors").is_file()
 
 
