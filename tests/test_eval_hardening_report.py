@@ -6,28 +6,14 @@ from __future__ import annotations
 import json
 import pathlib
 
-import numpy as np
 import pytest
+from test_eval_hardening import DiskFake
 from test_eval_support import FakePredictor, make_folder
 
 from steadysam.cli import main
 from steadysam.eval.prompt_runner import PromptEvalConfig, evaluate_prompts
 from steadysam.eval.report import ReportError, report
 from steadysam.eval.runner import EvalConfig, evaluate
-
-
-class DiskFake:
-    def __init__(self) -> None:
-        self.size = (0, 0)
-        self.last_encoder_seconds = 0.0
-
-    def set_image(self, image):
-        self.size = image.shape[:2]
-
-    def predict(self, point_coords=None, point_labels=None, box=None, multimask_output=True):
-        h, w = self.size
-        yy, xx = np.mgrid[:h, :w]
-        return ((yy - 14) ** 2 + (xx - 14) ** 2 <= 100)[None], np.ones(1), np.zeros((1, 4, 4))
 
 
 @pytest.fixture

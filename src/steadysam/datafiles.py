@@ -63,7 +63,8 @@ class ImageError(ValueError):
         self.reason = message if reason is None else reason
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """The informative first line of an exception's message (its type name when empty)."""
     lines = str(e).strip().splitlines()
     return lines[0] if lines else type(e).__name__
 
@@ -104,7 +105,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             return np.array(im.convert("RGB"))
     except Exception as e:  # Pillow raises several types for corrupt files
         why = "cannot decode image: corrupt, truncated or an unsupported format"
-        reason = f"{_first_line(e)} ({why})"
+        reason = f"{first_line(e)} ({why})"
         raise ImageError(f"cannot read image {str(p)!r}: {reason}", reason) from None
 
 
@@ -149,7 +150,7 @@ def read_mask(path: str | os.PathLike) -> tuple[np.ndarray, str]:
                 im = im.convert("RGB")
             arr = np.array(im)
     except Exception as e:  # Pillow raises several types for corrupt files
-        reason = _first_line(e)
+        reason = first_line(e)
         raise ImageError(f"cannot read mask {str(p)!r}: {reason}", reason) from e
     return arr, mode
 

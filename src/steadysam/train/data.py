@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..datafiles import DatasetError, ImageError, image_size, read_image
+from ..datafiles import DatasetError, ImageError, first_line, image_size, read_image
 from ..preprocess import Frame, image_to_tensor
 from .config import DataConfig
 from .sources import Source, build_source
@@ -126,7 +126,7 @@ class TrainSamples(Dataset):
         try:
             return read_image(src.paths[i])  # the decoder evaluation uses (steadysam.datafiles)
         except Exception as e:  # ImageError names the file already; say which dataset
-            raise DatasetError(f"dataset {src.name!r}: {_reason(e)}") from e
+            raise DatasetError(f"dataset {src.name!r}: {first_line(e)}") from e
 
     def _to_input(self, rgb: np.ndarray, rng: np.random.Generator | None) -> torch.Tensor:
         if rng is not None:
@@ -141,7 +141,7 @@ class TrainSamples(Dataset):
         except DatasetError:
             raise
         except Exception as e:  # PIL / pycocotools fail in many ways on a damaged file
-            why = e.reason if isinstance(e, ImageError) else _reason(e)  # the label names it
+            why = e.reason if isinstance(e, ImageError) else first_line(e)  # the label names it
             raise DatasetError(
                 f"dataset {src.name!r}: cannot read the {src.mask_label(i)} of image "
                 f"{str(src.paths[i])!r} ({why})"
@@ -155,7 +155,8 @@ class TrainSamples(Dataset):
             return image_size(path)
         except Exception as e:
             raise DatasetError(
-                f"dataset {self.sources[d].name!r}: cannot read image {str(path)!r} ({_reason(e)})"
+                f"dataset {self.sources[d].name!r}: cannot read image {str(path)!r} "
+                f"({first_line(e)})"
             ) from e
 
     def __getitem__(self, n: int) -> dict:
@@ -202,11 +203,6 @@ class TrainSamples(Dataset):
 
 def _hw(shape) -> str:
     return f"{shape[0]} x {shape[1]}"
-
-
-def _reason(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def collate(samples: list[dict]) -> dict:

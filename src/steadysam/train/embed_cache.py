@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path
-from ..datafiles import IMAGE_DECODER
+from ..datafiles import IMAGE_DECODER, first_line
 from ..models.sam import Sam
 from ..weights.digest import state_digest
 from .data import ImageSpec, TrainSamples, cache_key
@@ -119,7 +119,7 @@ class EmbeddingCache:
         try:
             return torch.from_numpy(np.load(path)).float()
         except (OSError, ValueError, EOFError) as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = first_line(e)
             raise CacheError(
                 f"embedding cache entry {str(path)!r} cannot be read ({reason}); delete it and "
                 "run steadysam embed again to re-create it"

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..datafiles import first_line
 from ..distributed import Dist, init_distributed
 from ..models.sam import Sam
 from ..prompts import Prompt, rts_prompt
@@ -469,7 +470,7 @@ def _train(cfg: TrainConfig, resume: bool) -> Path:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, ValueError, KeyError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise ResumeError(
                 f"checkpoint {str(path)!r} does not fit this configuration ({first}); start "
                 "over with --no-resume (deletes the checkpoints) or choose another run.out_dir"
