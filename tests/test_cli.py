@@ -236,3 +236,20 @@ def test_missing_or_unreadable_plugin_and_checkpoint_files_are_named(capsys, tmp
         extra = ("--model", "demo_sam") if flag == "--plugin" else ()
         code, _, err = run(capsys, *base, *extra, flag, text)
         assert code == 2 and "notes.txt" in err and "cannot read" in err, err
+
+
+@pytest.mark.parametrize("name", ["mask.jpg", "mask", "mask.PNG.txt"])
+def test_segment_output_extension_must_match_the_png_written(capsys, tmp_path, image, name):
+    code, _, err = run(
+        capsys,
+        "segment",
+        image,
+        "--model",
+        "demo_sam",
+        "--click",
+        "10,10",
+        "--out",
+        tmp_path / name,
+    )
+    assert code == 2 and name in err and ".png" in err
+    assert not (tmp_path / name).exists()

@@ -318,7 +318,8 @@ def test_set_routing_updates_modules_and_config():
 # -- parameters, training ---------------------------------------------------------------------
 def test_parameter_count_at_decoder_width_256():
     counts = parameter_counts(sam_config("stable_sam_vit_b"))
-    # Offset net 65,792 + 6,656 + 512 + 514; router 256*32+32 + 64 + 32*2+2 (spec §5).
+    # Offset net 65,792 + 6,656 + 512 + 514; router 256*32+32 + 64 + 32*2+2
+    # (docs/stable-sam.md, "The model").
     assert counts["plugin"] == 73_474 + 8_354 == 81_828
     assert counts["mask_decoder"] == 4_058_340  # SAM's decoder, unchanged
     for name in ("stable_sam_vit_l", "stable_focsam_vit_h"):

@@ -79,6 +79,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if not args.click and args.box is None:
         raise ValueError("give at least one --click X,Y[,+|-] or a --box X0,Y0,X1,Y1")
     check_device(args.device)
+    if Path(args.out).suffix.lower() != ".png":
+        raise ValueError(
+            f"--out {args.out!r}: the mask is written as a lossless PNG, so the file name must "
+            "end in .png"
+        )
     rgb = load_image(args.image)  # before the model: a bad image fails fast
     model = build_model(**model_kwargs(args))
     if args.device:
