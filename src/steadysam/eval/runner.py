@@ -659,7 +659,7 @@ def evaluate(
 
     Args:
         config: the run configuration; alternatively pass its fields as keyword arguments,
-            e.g. ``evaluate(model="focsam_tiny", dataset="GrabCut", clicks=20)``.
+            e.g. ``evaluate(model="demo_focsam", dataset="GrabCut", clicks=20)``.
         predictor: a ready predictor (set_image / new_object / click interface).
         predictor_factory: builds the predictor from the config (default: :func:`build_predictor`).
         loaded_dataset: an already listed dataset (default: ``load_dataset(cfg.dataset,
