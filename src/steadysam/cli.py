@@ -165,6 +165,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_parameters(counts: dict[str, int]) -> None:
+    print("parameters:")
+    for part, n in counts.items():
+        print(f"  {part:<15}{n:>14,}")
+    print(f"  {'total':<15}{sum(counts.values()):>14,}")
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .weights.files import describe_checkpoint
     from .weights.registry import REGISTRY
@@ -184,11 +191,13 @@ def cmd_info(args: argparse.Namespace) -> int:
             state = "present" if info["cached"] else "not downloaded"
             print(f"cache:         {info['cache_path']} ({state})")
         print(f"architecture:  {info['architecture']}")
-        print("parameters:")
-        for part, n in info["parameters"].items():
-            print(f"  {part:<15}{n:>14,}")
-        print(f"  {'total':<15}{sum(info['parameters'].values()):>14,}")
+        _print_parameters(info["parameters"])
         return EXIT_OK
+    if not Path(target).exists():
+        raise FileNotFoundError(
+            f"{target!r} is neither a registered model name nor a file (not found); "
+            "`steadysam models` lists the names"
+        )
     info = describe_checkpoint(target, trusted=args.trust_checkpoint)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -215,10 +224,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             "these are invisible in shapes: load it with --model NAME)"
         )
     print(f"tensors:       {info['tensors']} ({', '.join(info['dtypes'])})")
-    print("parameters:")
-    for part, n in info["parameters"].items():
-        print(f"  {part:<15}{n:>14,}")
-    print(f"  {'total':<15}{info['total_parameters']:>14,}")
+    _print_parameters(info["parameters"])
     return EXIT_OK
 
 

@@ -199,15 +199,8 @@ class Predictor:
         frame = self._require_frame()
         size = frame.original_size
         coords = labels = box_t = mask_t = None
-        pl = _point_labels(point_labels, point_coords, "point_labels", "point_coords", ndim=1)
+        pc, pl = _checked_points(point_coords, point_labels, size, batched=False)
         if pl is not None:
-            pc = _numbers(point_coords, "point_coords")
-            if pc.ndim != 2 or pc.shape[1] != 2:
-                raise ValueError(
-                    f"point_coords must be an N x 2 array of (x, y) pixels, got shape {pc.shape}"
-                )
-            _same_length(pc.shape[:1], pl.shape, "point_coords", "point_labels")
-            _check_points(pc, size, lambda i: f"point_coords[{i}] =", ignore=pl == -1)
             coords = torch.as_tensor(
                 frame.coords_to_model(pc), dtype=torch.float, device=self.device
             )[None]
@@ -259,22 +252,8 @@ class Predictor:
         ):
             if t is not None and not isinstance(t, torch.Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        pl = _point_labels(point_labels, point_coords, "point_labels", "point_coords", ndim=2)
+        pc, pl = _checked_points(point_coords, point_labels, size, batched=True, where=where)
         if pl is not None:
-            pc = _numbers(point_coords, "point_coords")
-            if pc.ndim != 3 or pc.shape[2] != 2:
-                raise ValueError(
-                    f"point_coords must be a B x N x 2 tensor of (x, y), got shape {pc.shape}"
-                )
-            _same_length(pc.shape[:2], pl.shape, "point_coords", "point_labels")
-            n = pc.shape[1]
-            _check_points(
-                pc.reshape(-1, 2),
-                size,
-                lambda i: f"point_coords[{i // n}, {i % n}] =",
-                ignore=pl.reshape(-1) == -1,
-                where=where,
-            )
             batch["point_coords"] = pc.shape[0]
         if boxes is not None:
             b = _numbers(boxes, "boxes")
@@ -414,6 +393,37 @@ def _point_labels(
             + (extra if arr[i] in (2.0, 3.0) else "")
         )
     return arr
+
+
+def _checked_points(
+    point_coords: Any,
+    point_labels: Any,
+    size: tuple[float, float],
+    batched: bool,
+    where: str = "the image",
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(coords, labels) after every check, or (None, None) without points: N x 2 and N, or
+    (``batched``) B x N x 2 and B x N."""
+    pl = _point_labels(
+        point_labels, point_coords, "point_labels", "point_coords", ndim=2 if batched else 1
+    )
+    if pl is None:
+        return None, None
+    pc = _numbers(point_coords, "point_coords")
+    if pc.ndim != pl.ndim + 1 or pc.shape[-1] != 2:
+        want = "a B x N x 2 tensor of (x, y)" if batched else "an N x 2 array of (x, y) pixels"
+        raise ValueError(f"point_coords must be {want}, got shape {pc.shape}")
+    _same_length(pc.shape[:-1], pl.shape, "point_coords", "point_labels")
+    n = pc.shape[-2]
+    name = (lambda i: f"point_coords[{i // n}, {i % n}] =") if batched else None
+    _check_points(
+        pc.reshape(-1, 2),
+        size,
+        name or (lambda i: f"point_coords[{i}] ="),
+        ignore=pl.reshape(-1) == -1,
+        where=where,
+    )
+    return pc, pl
 
 
 def _same_length(coords: tuple[int, ...], labels: tuple[int, ...], cn: str, ln: str) -> None:
