@@ -25,6 +25,8 @@ _EXPORTS = {
     "SamConfig": "steadysam.models.config",
     "ObjectSession": "steadysam.predictor",
     "Predictor": "steadysam.predictor",
+    "fast_paths_enabled": "steadysam.fastpath",
+    "use_fast_paths": "steadysam.fastpath",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -2,6 +2,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..fastpath import fast_paths_enabled
+
 
 def _onednn_linear() -> object | None:
     try:
@@ -35,6 +37,7 @@ def fused_linear(
     assert activation is None or residual is None
     if (
         _ONEDNN_LINEAR is not None
+        and fast_paths_enabled()
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
