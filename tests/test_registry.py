@@ -23,7 +23,9 @@ KINDS = {"published", "manual", "shipped", "plugin", "none"}
 def test_names_and_kinds():
     assert NAMES == list_models() and len(set(NAMES)) == len(NAMES)
     assert {REGISTRY[n].weights for n in NAMES} == KINDS
-    assert {"sam_vit_b", "sam_vit_l", "sam_vit_h"} == set(list_models("published"))
+    assert {f"{m}_vit_{s}" for m in ("sam", "hq_sam") for s in "blh"} == set(
+        list_models("published")
+    )
     assert list_models("manual") == ["focsam_vit_h"]
     assert set(list_models("shipped")) == {
         "demo_sam",
@@ -45,9 +47,15 @@ def test_record(name):
     assert ("refiner" in counts) == (config.refiner is not None)
     assert ("plugin" in counts) == (config.plugin is not None)
     if r.weights == "published":
-        assert r.url.startswith("https://dl.fbaipublicfiles.com/segment_anything/")
-        assert r.cache_name.startswith(name) and r.cache_name.endswith(".pth")
-        assert re.fullmatch(r"[0-9a-f]{64}", r.sha256)
+        if r.config().hq is None:  # SAM: Meta's files, sha256 published in their model card
+            assert r.url.startswith("https://dl.fbaipublicfiles.com/segment_anything/")
+            assert r.cache_name.startswith(name) and r.cache_name.endswith(".pth")
+            assert re.fullmatch(r"[0-9a-f]{64}", r.sha256)
+        else:  # HQ-SAM: the authors' Hugging Face files, no checksum published
+            size = name.rsplit("_", 1)[1]
+            assert r.url == f"https://huggingface.co/lkeab/hq-sam/resolve/main/sam_hq_vit_{size}.pth"
+            assert r.cache_name == f"sam_hq_vit_{size}.pth"
+            assert r.sha256 is None
     else:
         assert r.url is None and r.sha256 is None  # no checksum where none is published
     if r.weights == "manual":
@@ -128,3 +136,10 @@ def test_embed_by_name_never_encodes_with_random_weights(
     code = main(["embed", str(tmp_path / "data"), "--out", str(out), "--model", name])
     assert code == 2 and message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_info_says_when_no_checksum_is_published(capsys, weights_home):
+    assert main(["info", "hq_sam_vit_b"]) == 0
+    assert "sha256:        none published" in capsys.readouterr().out
+    assert main(["info", "sam_vit_b"]) == 0
+    assert f"sha256:        {REGISTRY['sam_vit_b'].sha256}" in capsys.readouterr().out

@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from .config import PluginConfig, SamConfig
 from .focus_refiner import FocusRefiner
+from .hq_mask_decoder import HQMaskDecoder
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -18,8 +19,12 @@ from .transformer import TwoWayTransformer
 
 
 def build_sam(config: SamConfig) -> Sam:
-    """Instantiate (randomly initialised) SAM or FocSAM from a config."""
+    """Instantiate (randomly initialised) SAM, FocSAM or HQ-SAM from a config."""
     c = config
+    if c.hq is not None and c.refiner is not None:
+        raise ValueError("HQ-SAM with a FocSAM refiner is not supported (config.hq and refiner)")
+    if c.hq is not None and not c.encoder_global_attn_indexes:
+        raise ValueError("HQ-SAM needs a global-attention block in the encoder (early feature)")
     grid = c.image_size // c.patch_size
     image_encoder = ImageEncoderViT(
         img_size=c.image_size,
@@ -39,7 +44,11 @@ def build_sam(config: SamConfig) -> Sam:
         input_image_size=(c.image_size, c.image_size),
         mask_in_chans=c.mask_in_chans,
     )
-    mask_decoder = MaskDecoder(
+    decoder_class, extra = MaskDecoder, {}
+    if c.hq is not None:
+        decoder_class, extra = HQMaskDecoder, dict(vit_dim=c.encoder_embed_dim)
+    mask_decoder = decoder_class(
+        **extra,
         transformer_dim=c.prompt_embed_dim,
         transformer=TwoWayTransformer(
             depth=c.decoder_depth,
@@ -81,7 +90,8 @@ def attach_plugin(model: Sam, plugin: PluginConfig) -> Sam:
     if model.plugins():
         raise ValueError("the model already has a Stable-SAM plugin")
     dim = model.mask_decoder.transformer_dim
-    tokens = 1 + model.mask_decoder.num_mask_tokens
+    # Output tokens before the prompts: iou, SAM's mask tokens and HQ-SAM's HQ token.
+    tokens = 1 + model.mask_decoder.num_mask_tokens + (model.config.hq is not None)
     device = next(model.mask_decoder.parameters()).device
     for site in plugin.sites:
         owner_name, _, attr = site_module_name(site).rpartition(".")

@@ -95,6 +95,33 @@ class PluginConfig:
 
 
 @dataclass
+class HQConfig:
+    """HQ-SAM's additions to the mask decoder (Ke et al. 2023; docs/hq-sam.md): the HQ output
+    token, its MLP and the global-local feature fusion, which reads the image encoder's output
+    after its first global-attention block. Their widths follow from the encoder and decoder
+    widths, so the only setting is how the HQ mask is returned.
+
+    ``token_only``: the default of the official predictor's ``hq_token_only`` for this model:
+    False returns the SAM mask's logits plus the HQ mask's (the official default), True the
+    HQ mask alone (the HQ-SAM paper's evaluation). An inference setting, not architecture.
+    """
+
+    token_only: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.token_only, bool):
+            raise ValueError(f"hq.token_only must be True or False, not {self.token_only!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HQConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown HQConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass
 class SamConfig:
     """SAM architecture; ``refiner`` set makes it FocSAM.
 
@@ -110,6 +137,7 @@ class SamConfig:
     ``encoder_norm_eps`` is 1e-6 in official SAM and 1e-5 in FocSAM's ViT (docs/focsam.md §2.1).
     ``preprocess`` names the image convention the weights were trained with: ``sam`` or ``focsam``.
     ``plugin`` set adds Stable-SAM's plugin to the mask decoder (with or without a refiner).
+    ``hq`` set makes it HQ-SAM (:class:`HQConfig`; not combined with a refiner).
     """
 
     encoder_embed_dim: int = 768
@@ -134,6 +162,7 @@ class SamConfig:
     preprocess: str = "sam"
     refiner: RefinerConfig | None = field(default=None)
     plugin: PluginConfig | None = field(default=None)
+    hq: HQConfig | None = field(default=None)
 
     @property
     def embedding_size(self) -> int:
@@ -151,6 +180,7 @@ class SamConfig:
             raise ValueError(f"unknown SamConfig fields: {sorted(unknown)}")
         ref = d.pop("refiner", None)
         plugin = d.pop("plugin", None)
+        hq = d.pop("hq", None)
         for k in ("encoder_global_attn_indexes", "pixel_mean", "pixel_std"):
             if k in d:
                 d[k] = tuple(d[k])
@@ -158,4 +188,5 @@ class SamConfig:
             **d,
             refiner=RefinerConfig(**ref) if ref is not None else None,
             plugin=PluginConfig.from_dict(plugin) if plugin is not None else None,
+            hq=HQConfig.from_dict(hq) if hq is not None else None,
         )

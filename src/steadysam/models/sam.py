@@ -17,7 +17,7 @@ from .prompt_encoder import PromptEncoder
 
 class Sam(nn.Module):
     """SAM with attribute names as in official checkpoints; ``refiner`` is FocSAM's focus
-    refiner (None for plain SAM)."""
+    refiner (None for plain SAM); HQ-SAM has an ``HQMaskDecoder`` (``config.hq`` set)."""
 
     def __init__(
         self,
@@ -97,17 +97,34 @@ class Sam(nn.Module):
         """Logits above this value are foreground."""
         return 0.0
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    @property
+    def is_hq(self) -> bool:
+        """Whether this is HQ-SAM (its decoder also needs the encoder's early features)."""
+        return self.config.hq is not None
+
+    def encode(
+        self, images: torch.Tensor, early_features: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """
         Arguments:
           images (torch.Tensor): B x 3 x S x S preprocessed images (normalised and padded by
             steadysam.preprocess.image_to_tensor; S = image_size)
+          early_features (bool): also return the encoder's tokens after its first global
+            block, which HQ-SAM's decoder needs (``decode(..., early_features=...)``)
 
         Returns:
           torch.Tensor: the image embeddings, B x C x S/16 x S/16 (C = prompt width,
             channels-last memory)
+          torch.Tensor: only with early_features: B x S/16 x S/16 x encoder width
         """
-        return self.image_encoder(images)
+        return self.image_encoder(images, early_features=early_features)
+
+    def hq_features(self, embeddings: torch.Tensor, early_features: torch.Tensor) -> torch.Tensor:
+        """HQ-SAM's global-local fusion of an image (``HQMaskDecoder.hq_features``), to pass to
+        every ``decode`` on that image as ``hq_features``: B x C/8 x 4h x 4w."""
+        if not self.is_hq:
+            raise ValueError("hq_features: this model is not HQ-SAM")
+        return self.mask_decoder.hq_features(embeddings, early_features)
 
     def decode(
         self,
@@ -117,6 +134,10 @@ class Sam(nn.Module):
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = False,
         return_tokens: bool = False,
+        *,
+        early_features: torch.Tensor | None = None,
+        hq_features: torch.Tensor | None = None,
+        hq_token_only: bool | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """
         Prompt encoder + mask decoder on precomputed embeddings.
@@ -133,14 +154,30 @@ class Sam(nn.Module):
           multimask_output (bool): True: the masks of mask tokens 1..num_multimask_outputs
             (3 in SAM); False: the single mask of mask token 0
           return_tokens (bool): whether to also return the selected mask tokens' transformer
-            outputs (FocSAM's click-fused query for ``refine``)
+            outputs (FocSAM's click-fused query for ``refine``; not for HQ-SAM)
+          early_features (torch.Tensor or None): HQ-SAM only: the encoder's early features of
+            the embeddings' image (``encode(..., early_features=True)``), B x h x w x D
+          hq_features (torch.Tensor or None): HQ-SAM only, instead of early_features: the
+            image's precomputed ``hq_features`` (saves recomputing them for every prompt)
+          hq_token_only (bool or None): HQ-SAM only: True returns the HQ mask alone, False
+            SAM's plus HQ's logits (the official predictor's ``hq_token_only``); None takes
+            the model's default, ``config.hq.token_only``
 
         Returns:
-          torch.Tensor: low-res mask logits, B x M x 4h x 4w (M = num_multimask_outputs or 1)
+          torch.Tensor: low-res mask logits, B x M x 4h x 4w (M = num_multimask_outputs or 1;
+            HQ-SAM: always 1, in multimask mode SAM's best token by predicted IoU)
           torch.Tensor: predicted IoUs, B x M
           torch.Tensor: only with return_tokens: mask-token outputs, B x M x C
         """
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        hq = {}
+        if self.is_hq:
+            token_only = self.config.hq.token_only if hq_token_only is None else hq_token_only
+            hq = dict(
+                early_features=early_features, hq_features=hq_features, hq_token_only=token_only
+            )
+        elif early_features is not None or hq_features is not None or hq_token_only is not None:
+            raise ValueError("early_features / hq_features / hq_token_only: this is not HQ-SAM")
         return self.mask_decoder(
             image_embeddings=embeddings,
             image_pe=self.prompt_encoder.get_dense_pe(),
@@ -148,6 +185,7 @@ class Sam(nn.Module):
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
             return_tokens=return_tokens,
+            **hq,
         )
 
     def refine(

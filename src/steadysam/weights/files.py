@@ -40,6 +40,7 @@ import torch
 from ..atomic import atomic_path
 from ..models.build import attach_plugin, build_sam
 from ..models.config import PARTS, PLUGIN_PART, PluginConfig, SamConfig
+from ..models.hq_mask_decoder import HQ_PART, hq_parameters
 from ..models.sam import Sam
 from ..models.stable_plugin import is_plugin_key
 from .formats import (
@@ -88,16 +89,21 @@ def _field(config: SamConfig, name: str) -> Any:
 
 
 def config_differences(a: SamConfig, b: SamConfig, names: Iterable[str]) -> list[tuple]:
-    """(field, value in a, value in b) for each differing field; refiner / plugin presence
-    first."""
-    for part in ("refiner", "plugin"):
+    """(field, value in a, value in b) for each differing field; refiner / plugin / HQ-SAM
+    presence first."""
+    for part in ("refiner", "plugin", "hq"):
         if (getattr(a, part) is None) != (getattr(b, part) is None):
             return [(part, getattr(a, part) is not None, getattr(b, part) is not None)]
     return [(n, _field(a, n), _field(b, n)) for n in names if _field(a, n) != _field(b, n)]
 
 
 # The published models whose authors' code fixes the hidden fields of their official layouts.
-OFFICIAL = {"sam": ("sam_vit_b", "sam_vit_l", "sam_vit_h"), "focsam": ("focsam_vit_h",)}
+OFFICIAL = {
+    "sam": ("sam_vit_b", "sam_vit_l", "sam_vit_h"),
+    "focsam": ("focsam_vit_h",),
+    # segment-anything-hq builds HQ-SAM ViT-B/L/H with SAM's conventions (docs/hq-sam.md).
+    "hq": ("hq_sam_vit_b", "hq_sam_vit_l", "hq_sam_vit_h"),
+}
 
 
 def undetermined_fields(config: SamConfig, fmt: str, stored: bool) -> tuple[str, ...]:
@@ -118,6 +124,8 @@ def undetermined_fields(config: SamConfig, fmt: str, stored: bool) -> tuple[str,
     published = OFFICIAL.get(fmt, ())
     if fmt == "focsam" and config.refiner is None:
         published = OFFICIAL["sam"]
+    if fmt == "sam" and config.hq is not None:  # official HQ-SAM files use SAM's key layout
+        published = OFFICIAL["hq"]
     bare = dataclasses.replace(config, plugin=None)
     if any(not config_differences(bare, sam_config(n), SHAPE_FIELDS) for n in published):
         return tuple(f for f in applicable if f.startswith("plugin."))
@@ -138,7 +146,7 @@ def reconcile_config(
         has = {True: "has one", False: "has none"}
         what = "; ".join(
             f"{f}: checkpoint {has[x]}, {label} {has[y]}"
-            if f in ("refiner", "plugin")
+            if f in ("refiner", "plugin", "hq")
             else f"{f}: checkpoint {x!r}, {label} {y!r}"
             for f, x, y in diff
         )
@@ -181,6 +189,8 @@ def describe(config: SamConfig) -> str:
         r = c.refiner
         ref = f"depth {r.depth}, {r.num_heads} heads, window {r.window_size}"
     plugin = f"; Stable-SAM plugin: {describe_plugin(c.plugin)}" if c.plugin is not None else ""
+    if c.hq is not None:
+        plugin = f"; HQ-SAM (hq_token_only {c.hq.token_only})" + plugin
     return (
         f"ViT width {c.encoder_embed_dim}, depth {c.encoder_depth}, {c.encoder_num_heads} heads, "
         f"window {c.encoder_window_size}, global blocks {list(c.encoder_global_attn_indexes)}, "
@@ -213,8 +223,9 @@ def expected_shapes(config: SamConfig) -> dict[str, tuple[int, ...]]:
 
 
 def parameter_counts(config: SamConfig) -> dict[str, int]:
-    """Learnable parameters per part (image_encoder, prompt_encoder, mask_decoder, refiner and
-    the Stable-SAM plugin, counted apart from the decoder it sits in)."""
+    """Learnable parameters per part (image_encoder, prompt_encoder, mask_decoder, refiner, the
+    Stable-SAM plugin and HQ-SAM's additions, the last two counted apart from the decoder they
+    sit in)."""
     model = _meta_model(config)
     counts = {
         part: sum(p.numel() for p in getattr(model, part).parameters())
@@ -225,6 +236,10 @@ def parameter_counts(config: SamConfig) -> dict[str, int]:
     if plugin:
         counts["mask_decoder"] -= plugin
         counts[PLUGIN_PART] = plugin
+    if config.hq is not None:
+        hq = sum(p.numel() for p in hq_parameters(model.mask_decoder))
+        counts["mask_decoder"] -= hq
+        counts[HQ_PART] = hq
     return counts
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..models.config import PLUGIN_SITES, PluginConfig, RefinerConfig, SamConfig
+from ..models.config import PLUGIN_SITES, HQConfig, PluginConfig, RefinerConfig, SamConfig
 from ..models.stable_plugin import is_plugin_key, site_module_name
 from .formats import CheckpointError, detect_format, file_key, to_model_layout
 
@@ -31,7 +31,9 @@ def infer_config(state_dict: Mapping[str, Any], format: str | None = None) -> Sa
     Not in shapes, so set by rule: decoder heads 8 (all official models); refiner heads =
     width / 32 (FocSAM's head width; 8 at width 256, 2 for the tiny width-64 models) and refiner
     window = min(16, grid / 2) (FocSAM's 16 at grid 64, 8 for tiny grids). A block whose window
-    equals the whole grid is reported as global (the computation is identical).
+    equals the whole grid is reported as global (the computation is identical). HQ-SAM: a
+    ``mask_decoder.hf_token.weight`` key (official sam_hq_vit_*.pth); its widths follow from
+    the encoder's and decoder's, and the strict key / shape check verifies them.
 
     Conventions: FocSAM layout (or, for unknown provenance, a refiner present) gives LayerNorm eps
     1e-5 and ``focsam`` preprocessing (docs/focsam.md §2.1, §1.1); plain SAM gives 1e-6 and ``sam``.
@@ -94,6 +96,7 @@ def infer_config(state_dict: Mapping[str, Any], format: str | None = None) -> Sa
         preprocess="focsam" if focsam else "sam",
         refiner=refiner,
         plugin=plugin,
+        hq=HQConfig() if dec + "hf_token.weight" in state else None,
     )
 
 

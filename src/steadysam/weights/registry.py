@@ -18,12 +18,13 @@ from functools import partial
 from pathlib import Path
 
 from ..models.build import FOCSAM, VIT_B, VIT_H, VIT_L, VIT_TINY
-from ..models.config import PluginConfig, RefinerConfig, SamConfig
+from ..models.config import HQConfig, PluginConfig, RefinerConfig, SamConfig
 
 # The shipped demo weights live next to this module.
 SHIPPED_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL = "demo_focsam"
 
+HQ_SAM_URL = "https://huggingface.co/lkeab/hq-sam/resolve/main/"
 FOCSAM_DRIVE_URL = "https://drive.google.com/file/d/1VOeMkY9LovfWYi66JMR8q79gFiC4n3Az/view"
 
 
@@ -35,7 +36,8 @@ class ModelRecord:
         name: the registered name.
         summary: one line for listings.
         arch: the architecture; None for shipped models, whose file stores it.
-        url, sha256: published weights (a sha256 only where one is published).
+        url, sha256: published weights (a sha256 only where one is published; without one a
+            download is checked by its architecture only, as HQ-SAM's are).
         manual: how to get weights that no script can download (shown verbatim).
         filename: the weights' file name in the cache (default: the URL's last part).
         shipped: file name of weights shipped in the package (demo models).
@@ -151,6 +153,27 @@ def _records() -> list[ModelRecord]:
             manual=_FOCSAM_MANUAL,
             filename="focsam_vit_h_iter_160000.pth",
         ),
+        # HQ-SAM (Ke et al. 2023): SAM plus the HQ token and the global-local fusion. Its
+        # authors publish the files on the Hugging Face hub (README of github.com/SysCV/sam-hq)
+        # with no checksum of their own; they are checked by their architecture only.
+        ModelRecord(
+            "hq_sam_vit_b",
+            "HQ-SAM ViT-B (Ke et al. 2023), published weights without a checksum",
+            arch(**VIT_B, hq=HQConfig()),
+            HQ_SAM_URL + "sam_hq_vit_b.pth",
+        ),
+        ModelRecord(
+            "hq_sam_vit_l",
+            "HQ-SAM ViT-L",
+            arch(**VIT_L, hq=HQConfig()),
+            HQ_SAM_URL + "sam_hq_vit_l.pth",
+        ),
+        ModelRecord(
+            "hq_sam_vit_h",
+            "HQ-SAM ViT-H",
+            arch(**VIT_H, hq=HQConfig()),
+            HQ_SAM_URL + "sam_hq_vit_h.pth",
+        ),
         ModelRecord(
             "sam_tiny",
             "tiny SAM architecture for tests and the demo (256 px, 16x16 grid)",
@@ -164,6 +187,11 @@ def _records() -> list[ModelRecord]:
                 **FOCSAM,
                 refiner=RefinerConfig(depth=2, num_heads=2, window_size=8),
             ),
+        ),
+        ModelRecord(
+            "hq_sam_tiny",
+            "tiny HQ-SAM architecture for tests (sam_tiny + HQ-SAM's additions)",
+            arch(**VIT_TINY, hq=HQConfig()),
         ),
     ]
     # Stable-SAM: each architecture above with the plugin in its mask decoder (FocSAM +
