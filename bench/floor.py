@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import steadysam.models.common as common
+from steadysam import use_fast_paths
 
 
 def matmul_peak_gflops(repeats: int = 5) -> float:
@@ -37,13 +38,9 @@ def matmul_peak_gflops(repeats: int = 5) -> float:
 
 
 def count_gflops(fn: Callable[[], object]) -> float:
-    """GFLOPs of the matmuls and convolutions ``fn`` runs (PyTorch's FlopCounterMode), with
-    the fused oneDNN linear switched off so that every matmul is one the counter knows.
-    CPU flash attention is not counted: callers add it."""
-    saved, common._ONEDNN_LINEAR = common._ONEDNN_LINEAR, None
-    try:
-        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            fn()
-    finally:
-        common._ONEDNN_LINEAR = saved
-    return counter.get_total_flops() / 1e9
+    """GFLOPs of the matmuls and convolutions ``fn`` runs (PyTorch's FlopCounterMode), on the
+    reference math (``steadysam.use_fast_paths(False)``): no fused oneDNN op, whose FLOPs the
+    counter does not know. CPU flash attention (SDPA) is not counted: callers add it."""
+    with use_fast_paths(False), torch.inference_mode(), FlopCounterMode(display=False) as c:
+        fn()
+    return c.get_total_flops() / 1e9

@@ -237,6 +237,38 @@ def test_stable_sam_switch(tmp_path):
     again.store.close()
 
 
+def test_hq_sam_through_the_app(tmp_path):
+    """HQ-SAM (early features cached with the embedding, fusion once per image) answers in the
+    app exactly as a direct session does, before and after a restart (disk cache reused)."""
+    import torch
+
+    from steadysam.weights.factory import build_model
+
+    torch.manual_seed(0)
+    model = build_model("hq_sam_tiny", random_init=True).eval()
+    images = copy_images(tmp_path / "images", IMAGES[:1])
+    p = open_project(images, tmp_path / "p.sqlite", model, prefetch=False)
+    c = make_client(p)
+    obj = c.post("/api/images/1/objects", json={"category_id": 1}).json()
+    served = [
+        c.post(f"/api/objects/{obj['id']}/prompts", json=prompt).json()["object"]["mask"]
+        for prompt in ({"type": "click", "x": 230, "y": 210},
+                       {"type": "click", "x": 40, "y": 30, "positive": False})  # fmt: skip
+    ]
+    direct = Predictor(model)
+    direct.set_image(str(images / "106024.jpg"))
+    s = direct.new_object()
+    expected = [s.click(230, 210), s.click(40, 30, positive=False)]
+    for got, want in zip(served, expected, strict=True):
+        assert np.array_equal(decode_rle(got), want)
+    p.store.close()
+    again = open_project(images, tmp_path / "p.sqlite", model, prefetch=False)
+    r = make_client(again).post(f"/api/objects/{obj['id']}/prompts",
+                                json={"type": "click", "x": 300, "y": 200})  # fmt: skip
+    assert np.array_equal(decode_rle(r.json()["object"]["mask"]), s.click(300, 200))
+    again.store.close()
+
+
 def test_background_embeddings_fill_the_disk_cache(tmp_path, demo_model):  # noqa: F811
     import time
 

@@ -3,7 +3,6 @@ reads back, exit codes and one-line errors for bad input."""
 
 from __future__ import annotations
 
-import os
 import socket
 
 import numpy as np
@@ -100,14 +99,16 @@ def test_annotate_import_coco_once(labelled, tmp_path, monkeypatch, capsys):
     coco = tmp_path / "labels.json"
     assert main(["export", "--db", str(db), "--format", "coco", "--out", str(coco)]) == 0
     monkeypatch.setattr(Server, "run", lambda self: self.close())
-    monkeypatch.setenv("OMP_WAIT_POLICY", "x")
-    monkeypatch.delenv("OMP_WAIT_POLICY")  # (restored after the test)
+    import steadysam.runtime
+
+    applied = []  # the CLI sets the process defaults (OMP_WAIT_POLICY=PASSIVE) first thing
+    monkeypatch.setattr(steadysam.runtime, "apply_process_defaults", lambda: applied.append(1))
     new_db = tmp_path / "new.sqlite"
     argv = ["annotate", str(images), "--db", str(new_db), "--port", "0", "--no-prefetch",
             "--import-coco", str(coco)]  # fmt: skip
     assert main(argv) == 0
     assert "imported 1 object(s) on 1 image(s) (1 new categories)" in capsys.readouterr().out
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # the server's default, set by annotate
+    assert applied
     assert main(argv) == 0
     assert "was imported before" in capsys.readouterr().out
     store = Store(new_db, readonly=True)

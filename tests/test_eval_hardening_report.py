@@ -77,6 +77,21 @@ def test_method_settings_that_differ_are_stated_in_the_rows(tmp_path, data, caps
     assert "the runs differ in refine_at, seed" in capsys.readouterr().err
 
 
+def test_precision_is_stated_and_old_runs_count_as_fp32(tmp_path, data):
+    ra = click_run(tmp_path, data, "a", precision="bf16")
+    rb = click_run(tmp_path, data, "b")
+    summary = pathlib.Path(rb) / "summary.json"  # a run written before precision existed
+    old = json.loads(summary.read_text())
+    del old["precision"]
+    summary.write_text(json.dumps(old))
+    md = report([ra, rb])
+    assert "| fake [focsam/ritm] (precision=bf16) |" in md
+    assert "| fake [focsam/ritm] (precision=fp32) |" in md
+    pa, pb = prompt_run(tmp_path, data, "pa", precision="bf16"), prompt_run(tmp_path, data, "pb")
+    md = report([pa, pb])
+    assert "(precision=bf16)" in md and "(precision=fp32)" in md
+
+
 def test_runs_with_the_same_label_on_one_dataset_both_appear(tmp_path, data):
     ra = click_run(tmp_path, data, "a", radius=10)
     rb = click_run(tmp_path, data, "b", radius=4)  # other weights, same name

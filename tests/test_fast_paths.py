@@ -228,3 +228,24 @@ def test_glibc_accepts_the_malloc_tuning():
     env["STEADYSAM_MALLOC_TUNING"] = "0"
     off = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert off.stdout.split() == ["False", "False"], off.stderr
+
+
+def test_process_defaults_set_passive_wait_policy_before_torch_only():
+    code = (
+        "import os, sys\n"
+        "from steadysam.runtime import apply_process_defaults\n"
+        "applied = apply_process_defaults()\n"
+        "print(applied, os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)\n"
+        "import torch\n"
+        "os.environ.pop('OMP_WAIT_POLICY')\n"
+        "print(apply_process_defaults(), os.environ.get('OMP_WAIT_POLICY'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.splitlines() == [
+        "{'OMP_WAIT_POLICY': 'PASSIVE'} PASSIVE False",
+        "{} None",  # after torch: too late, nothing is set
+    ], out.stderr
+    env["OMP_WAIT_POLICY"] = "ACTIVE"  # an explicit choice is kept
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.splitlines()[0] == "{} ACTIVE False", out.stderr

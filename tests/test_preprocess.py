@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from steadysam.preprocess import Frame, ImageError, image_to_tensor, load_image
+from steadysam.datafiles import ImageError
+from steadysam.preprocess import Frame, image_to_tensor, load_image
 
 MEAN = torch.tensor([123.675, 116.28, 103.53])
 STD = torch.tensor([58.395, 57.12, 57.375])

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__
+from .app import cli as app_cli
 from .cli_common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -22,6 +23,7 @@ from .cli_common import (
     add_debug_arg,
     add_model_args,
     model_kwargs,
+    predictor_kwargs,
 )
 from .eval import cli as eval_cli
 from .train import cli as train_cli
@@ -88,7 +90,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     model = build_model(**model_kwargs(args))
     if args.device:
         model = model.to(args.device)
-    predictor = Predictor(model)
+    predictor = Predictor(model, **predictor_kwargs(args))
     predictor.set_image(rgb)
     session = predictor.new_object()
     mask = None
@@ -186,7 +188,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"weights:       {info['weights']}")
         for key in ("url", "sha256", "file", "plugin", "plugin_of"):
             if key in info:
-                print(f"{key + ':':<15}{info[key]}")
+                value = info[key]
+                if key == "sha256" and value is None:  # JSON keeps null
+                    value = "none published (the file is checked by its architecture only)"
+                print(f"{key + ':':<15}{value}")
         if "cache_path" in info:
             state = "present" if info["cached"] else "not downloaded"
             print(f"cache:         {info['cache_path']} ({state})")
@@ -305,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     eval_cli.add_parsers(sub)
+    from .onnx import cli as onnx_cli  # torch-free until export-onnx runs
+
+    onnx_cli.add_parsers(sub)
+    app_cli.add_parsers(sub)
     train_cli.add_parsers(sub)
     return parser
 
@@ -325,6 +334,9 @@ def _exit_code(error: BaseException) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
+    from .runtime import apply_process_defaults
+
+    apply_process_defaults()  # before anything imports torch (OpenMP reads it once)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

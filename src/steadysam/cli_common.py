@@ -10,6 +10,9 @@ from typing import Any
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
+# Inference precisions (steadysam.precision; defined here so that parsers need no torch).
+PRECISIONS = ("fp32", "bf16")
+
 
 def add_debug_arg(p: argparse.ArgumentParser) -> None:
     """``--debug`` after the subcommand too; SUPPRESS keeps a top-level ``steadysam --debug``."""
@@ -52,6 +55,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="fully unpickle a .pth the safe loader refuses (runs code from the file)",
     )
+    g.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="inference precision: fp32 (default) or bf16 (encoder, refiner and decoder in "
+        "bfloat16; needs a CPU with AVX512_BF16 or AMX, or a bf16 GPU)",
+    )
 
 
 def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -64,3 +74,8 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         trusted=args.trust_checkpoint,
         plugin=args.plugin,
     )
+
+
+def predictor_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``Predictor`` keyword arguments from the options of :func:`add_model_args`."""
+    return dict(precision=args.precision)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -107,6 +108,53 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         why = "cannot decode image: corrupt, truncated or an unsupported format"
         reason = f"{first_line(e)} ({why})"
         raise ImageError(f"cannot read image {str(p)!r}: {reason}", reason) from None
+
+
+def to_rgb(image: Any) -> np.ndarray:
+    """Any supported image -> H x W x 3 uint8 RGB, without torch (the ONNX predictor's path;
+    ``steadysam.preprocess.load_image`` adds torch tensors).
+
+    Accepts file paths (read by :func:`read_image`, as evaluation and training read them), PIL
+    images and numpy arrays (H x W, H x W x 1, H x W x 3, H x W x 4; uint8, uint16, bool or
+    float in [0, 1] or [0, 255]). Raises :class:`ImageError` naming what is wrong."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            image = np.asarray(image)
+        else:
+            image = np.asarray(image.convert("RGBA" if "A" in image.mode else "RGB"))
+    if not isinstance(image, np.ndarray):
+        raise ImageError(
+            f"unsupported image type {type(image).__name__}: pass a path, a PIL image or an "
+            "H x W [x 3|4] numpy array"
+        )
+    arr = image
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ImageError(f"unsupported image shape {arr.shape}: expected H x W, H x W x 3 or x 4")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ImageError(f"empty image of shape {arr.shape}")
+    arr = arr[:, :, :3]
+    if arr.dtype == np.uint8:
+        pass
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype == np.uint16:
+        arr = (arr.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer):
+        a = arr.astype(np.float64)
+        if not np.isfinite(a).all():
+            raise ImageError("image contains NaN or infinite values")
+        if np.issubdtype(arr.dtype, np.floating) and a.max(initial=0.0) <= 1.0:
+            a = a * 255.0
+        arr = np.clip(a + 0.5, 0, 255).astype(np.uint8)
+    else:
+        raise ImageError(f"unsupported image dtype {arr.dtype}")
+    return np.ascontiguousarray(arr)
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:

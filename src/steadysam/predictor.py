@@ -23,6 +23,7 @@ from .atomic import atomic_path
 from .memory import retain_freed_memory
 from .models.sam import Sam
 from .modes import MODES
+from .precision import DTYPES, check_precision, lowered, require_precision
 from .preprocess import Frame, image_to_tensor, load_image
 from .weights.digest import state_digest
 
@@ -35,7 +36,11 @@ class Predictor:
         preprocess: ``sam`` or ``focsam``; defaults to the convention the model was trained with.
         cache_size: image embeddings kept in memory (LRU), keyed by image content.
         cache_dir: optional folder for an on-disk embedding cache, keyed by image content,
-            model weights and preprocessing.
+            model weights, preprocessing and precision.
+        precision: ``fp32`` (default) or ``bf16``: image encoder, focus refiner and mask
+            decoder in bfloat16 (bf16 copies made here; the prompt encoder stays fp32, logits
+            and masks come back in fp32). bf16 needs bf16 hardware (``steadysam.precision``):
+            a ``PrecisionError`` naming the missing CPU flag otherwise.
 
     Creating a Predictor tunes glibc's malloc for this workload (``steadysam.memory``;
     ``STEADYSAM_MALLOC_TUNING=0`` turns that off).
@@ -47,9 +52,14 @@ class Predictor:
         preprocess: str | None = None,
         cache_size: int = 4,
         cache_dir: str | os.PathLike | None = None,
+        precision: str = "fp32",
     ) -> None:
         retain_freed_memory()
+        self.precision = check_precision(precision)
+        require_precision(self.precision, model.device)
         self.model = model.eval()
+        # What runs: the model itself (fp32) or its bf16 twin (steadysam.precision.lowered).
+        self.net = lowered(self.model, self.precision)
         self.convention = preprocess or model.config.preprocess
         Frame.create(self.convention, (1, 1), model.image_size)  # validates the name early
         self.cache_size = cache_size
@@ -63,6 +73,10 @@ class Predictor:
     def reset_image(self) -> None:
         self.is_image_set = False
         self.features: torch.Tensor | None = None
+        # HQ-SAM: the encoder's early feature (1 x h x w x D) and, once a prompt needed it,
+        # the image's global-local fusion (the same for every prompt on the image).
+        self.early_features: torch.Tensor | None = None
+        self._hq_features: torch.Tensor | None = None
         self.frame: Frame | None = None
 
     @property
@@ -87,7 +101,7 @@ class Predictor:
         grayscale (repeated to RGB), H x W x 4 (alpha dropped), bool, uint16, other integers
         and floats in [0, 1] or [0, 255]. Anything else (other shapes or channel counts, an
         empty image, NaN / inf, complex or object dtypes, other types) raises
-        ``preprocess.ImageError`` (a ValueError) naming the shape, dtype or type."""
+        ``steadysam.datafiles.ImageError`` (a ValueError) naming the shape, dtype or type."""
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', not {image_format!r}")
         rgb = load_image(image)
@@ -96,6 +110,7 @@ class Predictor:
         frame = Frame.create(self.convention, rgb.shape[:2], self.model.image_size)
         key = self._image_key(rgb)
         self.last_encoder_seconds = 0.0
+        hq = self.model.is_hq
         features = self._memory.get(key)
         if features is None and self.cache_dir is not None:
             features = self._load_cached(key)
@@ -105,7 +120,8 @@ class Predictor:
                 rgb, frame, self.model.pixel_mean, self.model.pixel_std, self.device
             )
             with torch.inference_mode():
-                features = self.model.encode(x)
+                # HQ-SAM: (embedding, early ViT feature), cached together.
+                features = self.net.encode(x, early_features=True) if hq else self.net.encode(x)
             self.last_encoder_seconds = time.perf_counter() - start
             if self.cache_dir is not None:
                 self._store_cached(key, features)
@@ -113,13 +129,22 @@ class Predictor:
         self._memory.move_to_end(key)
         while len(self._memory) > max(self.cache_size, 1):
             self._memory.popitem(last=False)
+        features, early = features if hq else (features, None)
         self.features, self.frame, self.is_image_set = features, frame, True
+        self.early_features, self._hq_features = early, None
 
-    def set_embedding(self, features: torch.Tensor, original_size: tuple[int, int]) -> None:
+    def set_embedding(
+        self,
+        features: torch.Tensor,
+        original_size: tuple[int, int],
+        early_features: torch.Tensor | None = None,
+    ) -> None:
         """Use a precomputed 1 x C x h x w embedding (as ``get_image_embedding`` returns; a
         tensor or array of finite floats, C x h x w fixed by the model) of an image of size
-        (H, W) (two positive integers). Raises TypeError / ValueError otherwise, leaving the
-        current image set."""
+        (H, W) (two positive integers). HQ-SAM models also need the image's early features,
+        1 x h x w x D (the ``early_features`` attribute after ``set_image``); other models take
+        none. Raises TypeError / ValueError otherwise, leaving the current image set."""
+        early = _early_features(early_features, self.model)
         if isinstance(features, np.ndarray):
             features = torch.from_numpy(features)
         if not isinstance(features, torch.Tensor):
@@ -143,11 +168,14 @@ class Predictor:
                 f"original_size must be (H, W), two positive integers, got {original_size!r}"
             )
         size = (int(size[0]), int(size[1]))
-        dtype = pe.no_mask_embed.weight.dtype
+        fp32 = self.precision == "fp32"
+        dtype = pe.no_mask_embed.weight.dtype if fp32 else DTYPES[self.precision]
         # Channels-last, like encode()'s output: the decoder then reads it without a copy.
         self.features = features.to(self.device, dtype).contiguous(
             memory_format=torch.channels_last
         )
+        self.early_features = None if early is None else early.to(self.device, dtype)
+        self._hq_features = None
         self.frame = Frame.create(self.convention, size, self.model.image_size)
         self.is_image_set = True
 
@@ -171,9 +199,16 @@ class Predictor:
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        hq_token_only: bool | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """As ``SamPredictor.predict``: prompts in original pixels -> (masks C x H x W,
         IoU predictions C, low-res logits C x h x w).
+
+        HQ-SAM models answer as segment-anything-hq's ``SamPredictor.predict``: one mask
+        (C = 1; with multimask_output, SAM's best token by predicted IoU), and
+        ``hq_token_only`` True returns the HQ mask alone, False SAM's plus HQ's logits; None
+        (the default) takes the model's ``config.hq.token_only`` (False, the official default,
+        for the registered HQ-SAM models). Other models take only None.
 
         Arguments (checked before the model runs; numpy arrays, nested lists or CPU/GPU
         tensors of numbers; a wrong type raises TypeError, a wrong shape or value ValueError
@@ -218,7 +253,7 @@ class Predictor:
             m = _mask_logits(mask_input, "mask_input", (1, *self._mask_size))
             mask_t = torch.as_tensor(m, dtype=torch.float, device=self.device)[None]
         masks, iou, low_res = self._decode(
-            coords, labels, box_t, mask_t, multimask_output, return_logits
+            coords, labels, box_t, mask_t, multimask_output, return_logits, hq_token_only
         )
         return masks[0].cpu().numpy(), iou[0].cpu().numpy(), low_res[0].cpu().numpy()
 
@@ -230,8 +265,10 @@ class Predictor:
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        hq_token_only: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """As ``SamPredictor.predict_torch``: prompts already in the model frame, batched.
+        """As ``SamPredictor.predict_torch``: prompts already in the model frame, batched
+        (``hq_token_only`` as in ``predict``).
 
         Tensors (TypeError otherwise): point_coords B x N x 2 and point_labels B x N (labels
         and coordinate limits as in ``predict``, the limits being the image's extent in the
@@ -280,6 +317,7 @@ class Predictor:
             dev(mask_input),
             multimask_output,
             return_logits,
+            hq_token_only,
         )
 
     @torch.inference_mode()
@@ -291,17 +329,44 @@ class Predictor:
         mask_input: torch.Tensor | None,
         multimask_output: bool,
         return_logits: bool,
+        hq_token_only: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """predict_torch on prompts already checked."""
         features = self._require_features()
         points = (point_coords, point_labels) if point_coords is not None else None
-        low_res, iou = self.model.decode(features, points, boxes, mask_input, multimask_output)
+        hq = self._hq_inputs(hq_token_only)
+        low_res, iou = self.net.decode(
+            features, points, boxes, mask_input, multimask_output, **hq
+        )
         masks = self.frame.logits_to_original(low_res)
         if not return_logits:
             masks = masks > self.model.mask_threshold
         return masks, iou, low_res
 
     # -- internals ------------------------------------------------------------------------
+    def _hq_inputs(self, hq_token_only: bool | None = None) -> dict[str, Any]:
+        """``decode``'s HQ-SAM arguments for the current image ({} for other models): the
+        image's global-local fusion, computed on first use and kept until the image changes."""
+        if not self.model.is_hq:
+            if hq_token_only is not None:
+                raise ValueError(
+                    f"hq_token_only={hq_token_only!r}: this model is not HQ-SAM (leave it None)"
+                )
+            return {}
+        if hq_token_only is not None and not isinstance(hq_token_only, (bool, np.bool_)):
+            raise TypeError(f"hq_token_only must be True, False or None, not {hq_token_only!r}")
+        if self._hq_features is None:
+            if self.early_features is None:
+                raise RuntimeError("HQ-SAM needs the image's early features: set_image first")
+            with torch.inference_mode():
+                self._hq_features = self.net.hq_features(
+                    self._require_features(), self.early_features
+                )
+        out: dict[str, Any] = {"hq_features": self._hq_features}
+        if hq_token_only is not None:
+            out["hq_token_only"] = bool(hq_token_only)
+        return out
+
     @property
     def _mask_size(self) -> tuple[int, int]:
         """(h, w) of the low-res mask prompt the model takes (4x its embedding grid)."""
@@ -320,6 +385,8 @@ class Predictor:
     def _image_key(self, rgb: np.ndarray) -> str:
         h = hashlib.sha256()
         h.update(f"{rgb.shape}|{self.convention}|{self.model.image_size}".encode())
+        if self.precision != "fp32":  # fp32 keys as before: existing caches stay valid
+            h.update(f"|{self.precision}".encode())
         h.update(rgb.tobytes())
         return h.hexdigest()
 
@@ -327,20 +394,56 @@ class Predictor:
         if self._model_key is None:
             # The disk cache outlives the process, so it must also know which weights made it.
             self._model_key = state_digest(self.model.image_encoder, length=16)
-        return f"{self._model_key}-{key[:32]}"
+        # HQ-SAM shares SAM's encoder weights but caches (embedding, early feature) pairs.
+        return f"{self._model_key}-{key[:32]}" + ("-early" if self.model.is_hq else "")
 
-    def _load_cached(self, key: str) -> torch.Tensor | None:
+    def _load_cached(self, key: str) -> torch.Tensor | tuple[torch.Tensor, ...] | None:
         path = self.cache_dir / f"{self._disk_key(key)}.pt"
         if not path.is_file():
             return None
         try:
-            return torch.load(path, map_location=self.device, weights_only=True)
+            entry = torch.load(path, map_location=self.device, weights_only=True)
         except Exception:
             return None  # a damaged cache entry is recomputed and overwritten
+        if self.model.is_hq:
+            pair = isinstance(entry, (tuple, list)) and len(entry) == 2
+            ok = pair and all(isinstance(t, torch.Tensor) for t in entry)
+            return tuple(entry) if ok else None
+        return entry if isinstance(entry, torch.Tensor) else None
 
-    def _store_cached(self, key: str, features: torch.Tensor) -> None:
+    def _store_cached(self, key: str, features: torch.Tensor | tuple[torch.Tensor, ...]) -> None:
+        cpu = tuple(t.cpu() for t in features) if isinstance(features, tuple) else features.cpu()
         with atomic_path(self.cache_dir / f"{self._disk_key(key)}.pt") as tmp:
-            torch.save(features.cpu(), tmp)
+            torch.save(cpu, tmp)
+
+
+def _early_features(value: Any, model: Sam) -> torch.Tensor | None:
+    """set_embedding's ``early_features``, checked against the model (None for non-HQ)."""
+    if not model.is_hq:
+        if value is not None:
+            raise ValueError("early_features: this model is not HQ-SAM (it takes none)")
+        return None
+    if value is None:
+        raise ValueError(
+            "this HQ-SAM model also needs early_features: the 1 x h x w x D encoder tokens "
+            "after its first global block (Predictor.early_features after set_image)"
+        )
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        what = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+        raise TypeError(f"early_features must be a floating-point tensor, got {what}")
+    enc = model.image_encoder
+    grid = model.prompt_encoder.image_embedding_size
+    expected = (1, *grid, enc.patch_embed.proj.out_channels)
+    if tuple(value.shape) != expected:
+        raise ValueError(
+            f"early_features must have shape {expected} for this model (1 x h x w x D), got "
+            f"{tuple(value.shape)}"
+        )
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError("early_features contains NaN or infinite values")
+    return value
 
 
 # -- prompt checks: one place for the session API, predict and predict_torch ---------------
@@ -528,12 +631,17 @@ class ObjectSession:
 
     def __init__(self, predictor: Predictor, mode: str, refine_at: int | None) -> None:
         self.predictor = predictor
-        self.model = predictor.model
+        self.model = predictor.net  # what runs: the model or its bf16 twin
         self.frame = predictor._require_frame()
         self.features = predictor._require_features()
+        # HQ-SAM: this image's global-local fusion (computed once per image, shared by its
+        # objects; the model's hq_token_only default applies); {} for other models. Decoder
+        # work: its time counts for the object that computed it.
+        start = time.perf_counter()
+        self._hq = predictor._hq_inputs()
         self.mode = mode
         self.refine_at = refine_at if self.model.refiner is not None else None
-        self.timings = {"decoder": 0.0, "refiner": 0.0}
+        self.timings = {"decoder": time.perf_counter() - start if self._hq else 0.0, "refiner": 0.0}
         self._history: list[_State] = [_State()]
 
     @property
@@ -622,6 +730,7 @@ class ObjectSession:
             boxes,
             prev.logits,
             multimask_output=multimask,
+            **self._hq,
         )
         if multimask:
             best = int(iou[0].argmax())

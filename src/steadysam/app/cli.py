@@ -6,7 +6,6 @@ torch-free.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -26,9 +25,6 @@ Open the URL it prints. Press ? in the page for the keyboard shortcuts; docs/app
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
-    # Before torch is imported: idle OpenMP threads must not spin while the server waits for
-    # clicks (a busy-waiting pool steals the CPU from the request that is being answered).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from steadysam.eval.cli import _default_model
 
     from .launch import Server, check_paths, open_project

@@ -232,6 +232,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         progress=not args.no_progress,
         retry_errors=args.retry_errors,
+        precision=args.precision,
     )
     try:
         cfg.validate()  # before the demo notice and the model: bad options fail fast
@@ -286,6 +287,7 @@ def cmd_eval_prompts(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         progress=not args.no_progress,
         retry_errors=args.retry_errors,
+        precision=args.precision,
     )
     cfg.validate()  # before the demo notice and the model: bad options fail fast
     _default_model(args)

@@ -168,7 +168,7 @@ def _union_order(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
 # prompts drawn from the same distributions, and other settings mean other columns: side by
 # side is still meaningful, so these are stated (in the labels, and as warnings); a different
 # ignore mode on the same dataset is a different ground truth and is refused.
-PROMPT_STATED = ("seed", "draws")
+PROMPT_STATED = ("seed", "draws", "precision")
 
 
 def comparability_warnings(summaries: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from steadysam.atomic import atomic_write_text
+from steadysam.cli_common import PRECISIONS
 from steadysam.eval.datasets import Dataset, ObjectGT, SampleError, load_dataset, require_images
 from steadysam.eval.metrics import boundary_dilation, iou, mask_boundary, mean_pairwise_iou
 from steadysam.eval.prompt_report import finalize_prompts
@@ -60,7 +61,7 @@ IGNORE_MODES = ("exclude", "background")
 MAX_DRAWS = 1000
 # Changing any of these makes old records incomparable, so resume refuses (and so does a
 # different weights digest, see runner.write_run_config).
-SEMANTIC_KEYS = tuple("dataset model checkpoint plugin prompts draws seed ignore".split())
+SEMANTIC_KEYS = tuple("dataset model checkpoint plugin prompts draws seed ignore precision".split())
 RECORDS = "records.jsonl"
 
 
@@ -98,6 +99,7 @@ class PromptEvalConfig:
     cache_dir: str | None = None
     progress: bool = True
     retry_errors: bool = False
+    precision: str = "fp32"
 
     def settings(self) -> list[PromptSetting]:
         try:
@@ -115,13 +117,15 @@ class PromptEvalConfig:
         if self.limit is not None:
             check_int("--limit", self.limit, 1)
         check_choice("--ignore", self.ignore, IGNORE_MODES)
+        check_choice("--precision", self.precision, PRECISIONS)
         check_device(self.device)
 
     def run_dir(self) -> Path:
         if self.out:
             return Path(self.out)
         net = net_name(self.model, self.checkpoint, self.plugin)
-        return Path("runs") / f"{net}-{self.dataset}-prompts-s{self.seed}"
+        name = f"{net}-{self.dataset}-prompts-s{self.seed}"
+        return Path("runs") / (name if self.precision == "fp32" else f"{name}-{self.precision}")
 
 
 def _key(text: str) -> int:

@@ -350,7 +350,9 @@ CLICK_REFUSED = {
     "clicker": "the click simulator decides every click: these are different benchmarks",
     "inner_k": "the focsam clicker's candidate region differs: these are different benchmarks",
 }
-CLICK_STATED = ("refine_at", "seed")  # the protocol is part of every label already
+# The protocol is part of every label already. bf16 next to fp32 of one model is the point of
+# measuring precision, so it is stated, not refused.
+CLICK_STATED = ("refine_at", "seed", "precision")
 IGNORE_REASON = "the ignore-label pixels count differently (a different ground truth)"
 
 
@@ -384,10 +386,15 @@ def check_comparable(
         raise ReportError(
             "these runs cannot be reported together; they differ in " + "; ".join(problems)
         )
-    differ = [k for k in stated if len({_show(s.get(k)) for s in summaries}) > 1]
+    from .runner import SEMANTIC_DEFAULTS  # (runner imports this module)
+
+    def value(s: dict[str, Any], key: str) -> str:  # runs older than a key have its default
+        return _show(s.get(key, SEMANTIC_DEFAULTS.get(key)))
+
+    differ = [k for k in stated if len({value(s, k) for s in summaries}) > 1]
     labels = []
     for s in summaries:
-        extra = ", ".join(f"{k}={_show(s.get(k))}" for k in differ)
+        extra = ", ".join(f"{k}={value(s, k)}" for k in differ)
         labels.append(f"{s.get('label', '?')} ({extra})" if extra else str(s.get("label", "?")))
     clash = Counter((lab, _title(s)) for lab, s in zip(labels, summaries, strict=True))
     labels = [

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from steadysam.atomic import atomic_write_text
+from steadysam.cli_common import PRECISIONS
 from steadysam.clicks import RULES, Clicker
 from steadysam.distributed import init_distributed, torchrun_env
 from steadysam.eval.datasets import (
@@ -53,8 +54,11 @@ from steadysam.modes import MODES
 IGNORE_MODES = ("auto", "exclude", "background")
 # Changing any of these makes old results incomparable, so resume refuses.
 SEMANTIC_KEYS = tuple(
-    "dataset model checkpoint plugin clicks clicker protocol seed inner_k refine_at ignore".split()
+    "dataset model checkpoint plugin clicks clicker protocol seed inner_k refine_at ignore "
+    "precision".split()
 )
+# The value of a semantic key in a config.json written before the key existed.
+SEMANTIC_DEFAULTS = {"precision": "fp32"}
 
 
 class RunError(ValueError):
@@ -151,10 +155,12 @@ class EvalConfig:
     cache_dir: str | None = None
     progress: bool = True
     retry_errors: bool = False
+    precision: str = "fp32"
 
     def validate(self) -> None:
         """Raise RunError for a bad option, naming it, its value and what is allowed."""
         check_int("--clicks", self.clicks, 1)
+        check_choice("--precision", self.precision, PRECISIONS)
         check_choice("--clicker", self.clicker, RULES)
         check_choice("--protocol", self.protocol, MODES)
         check_choice("--ignore", self.ignore, IGNORE_MODES)
@@ -192,7 +198,8 @@ class EvalConfig:
         if self.out:
             return Path(self.out)
         net = net_name(self.model, self.checkpoint, self.plugin)
-        return Path("runs") / f"{net}-{self.dataset}-{self.protocol}-{self.clicker}-{self.clicks}c"
+        name = f"{net}-{self.dataset}-{self.protocol}-{self.clicker}-{self.clicks}c"
+        return Path("runs") / (name if self.precision == "fp32" else f"{name}-{self.precision}")
 
 
 def net_name(model: str | None, checkpoint: str | None, plugin: str | None = None) -> str:
@@ -268,7 +275,7 @@ def build_predictor(cfg: Any) -> Any:
     if device:
         model = model.to(device)
     model.eval()
-    return Predictor(model, cache_dir=cfg.cache_dir)
+    return Predictor(model, cache_dir=cfg.cache_dir, precision=getattr(cfg, "precision", "fp32"))
 
 
 # ------------------------------------------------------------------------------ run folders
@@ -430,7 +437,7 @@ def check_run_dir(
         if "config.json" in names:
             doc = read_run_config(run_dir, kind)
             results = has_results(run_dir)
-            old = doc["config"]
+            old = {**SEMANTIC_DEFAULTS, **doc["config"]}
             diff = [k for k in semantic_keys if old.get(k) != now.get(k)]
             if diff and results:
                 fields = "; ".join(f"{k}: {old.get(k)!r} there, {now.get(k)!r} now" for k in diff)

@@ -1,8 +1,11 @@
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules import module as _module_hooks
 
-from ..fastpath import fast_paths_enabled
+from ..fastpath import fast_paths_enabled, private_op_failed, private_op_usable
+
+_OP_NAME = "torch.ops.mkldnn._linear_pointwise"
 
 
 def _onednn_linear() -> object | None:
@@ -15,6 +18,8 @@ def _onednn_linear() -> object | None:
 
 _ONEDNN_LINEAR = _onednn_linear()
 
+# Dtypes the fused op gets: fp32, and bf16 where oneDNN has bf16 kernels (the bf16 predictor).
+_FUSED_DTYPES = (torch.float32, torch.bfloat16)
 
 _ACTIVATIONS = {"gelu": F.gelu, "tanh": torch.tanh, "relu": F.relu}
 
@@ -29,42 +34,94 @@ def fused_linear(
     """``F.linear`` followed by an activation (``gelu``: the exact erf GELU, ``tanh``,
     ``relu``) or by ``+ residual`` (not both).
 
-    For fp32 CPU inference this is one oneDNN matmul with the bias, activation or residual
-    applied in its epilogue (the op PyTorch's own compiler emits for this pattern): it skips
-    the bias-initialised output and the separate pass over it that ``addmm`` + activation
+    For fp32 / bf16 CPU inference this is one oneDNN matmul with the bias, activation or
+    residual applied in its epilogue (the op PyTorch's own compiler emits for this pattern): it
+    skips the bias-initialised output and the separate pass over it that ``addmm`` + activation
     make, ~25 % of ViT-B's MLP, and oneDNN is also faster than MKL on the refiner's tall
-    DCN matmul. Elsewhere (autograd, other devices or dtypes) it is the plain composition."""
+    DCN matmul. Elsewhere (autograd, other devices or dtypes, ``use_fast_paths(False)``, or
+    after the op failed once at call time) it is the plain composition."""
     assert activation is None or residual is None
     if (
         _ONEDNN_LINEAR is not None
         and fast_paths_enabled()
         and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
+        and x.dtype in _FUSED_DTYPES
+        and weight.dtype == x.dtype
+        and (bias is None or bias.dtype == x.dtype)
+        and (residual is None or residual.dtype == x.dtype)
         and not (
             torch.is_grad_enabled()
             and any(t is not None and t.requires_grad for t in (x, weight, bias, residual))
         )
+        and private_op_usable(_OP_NAME)
     ):
         # oneDNN takes a slow reference path (seconds) on strided operands: pass dense ones.
-        x2, weight = x.reshape(-1, x.shape[-1]).contiguous(), weight.contiguous()
-        if residual is not None:
-            residual = residual.contiguous()
-            out = _ONEDNN_LINEAR(x2, residual.reshape(-1, weight.shape[0]), weight, bias, "add")
+        x2, w2 = x.reshape(-1, x.shape[-1]).contiguous(), weight.contiguous()
+        try:
+            if residual is not None:
+                res = residual.contiguous().reshape(-1, w2.shape[0])
+                out = _ONEDNN_LINEAR(x2, res, w2, bias, "add")
+            else:
+                out = _ONEDNN_LINEAR(x2, w2, bias, activation or "none", [], "none")
+        except (RuntimeError, NotImplementedError, TypeError) as e:
+            private_op_failed(_OP_NAME, e)  # warns once; the composition below from now on
         else:
-            out = _ONEDNN_LINEAR(x2, weight, bias, activation or "none", [], "none")
-        return out.view(*x.shape[:-1], weight.shape[0])
+            return out.view(*x.shape[:-1], w2.shape[0])
     out = F.linear(x, weight, bias)
     if activation is not None:
         return _ACTIVATIONS[activation](out)
     return out if residual is None else residual + out
 
 
+def is_plain(module: nn.Module, cls: type[nn.Module] = nn.Linear) -> bool:
+    """Whether a fast path may read ``module``'s weights instead of calling it: exactly ``cls``
+    (not a subclass, a LoRA-style wrapper, a quantised or parametrised module) with no forward
+    hooks of its own and no global ones. Anything else is always called as a module."""
+    return type(module) is cls and not _hooked(module)
+
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or _module_hooks._global_forward_hooks
+        or _module_hooks._global_forward_pre_hooks
+    )
+
+
+def is_plain_linear(module: nn.Module, x: torch.Tensor | None = None) -> bool:
+    """``is_plain(module, nn.Linear)`` with weights of ``x``'s dtype (when given)."""
+    return is_plain(module) and (x is None or module.weight.dtype == x.dtype)
+
+
 def fusable_activation(module: nn.Module) -> str | None:
     """The ``fused_linear`` name of an activation module, or None if it cannot be fused."""
+    if _hooked(module):
+        return None
     if type(module) is nn.GELU:
         return "gelu" if module.approximate == "none" else None
     return {nn.ReLU: "relu", nn.Tanh: "tanh"}.get(type(module))
+
+
+def linear(
+    module: nn.Module,
+    x: torch.Tensor,
+    act: nn.Module | None = None,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``act(module(x))`` or ``residual + module(x)`` (not both), through :func:`fused_linear`
+    when the fast paths are on, ``module`` is a plain ``nn.Linear`` of ``x``'s dtype and
+    ``act`` (if any) is fusable; otherwise the modules are called as they are (hooks, wrappers
+    and quantised layers take part)."""
+    assert act is None or residual is None
+    if fast_paths_enabled() and is_plain_linear(module, x):
+        name = None if act is None else fusable_activation(act)
+        if act is None or name is not None:
+            return fused_linear(x, module.weight, module.bias, name, residual)
+    out = module(x)
+    if act is not None:
+        return act(out)
+    return out if residual is None else residual + out
 
 
 class MLPBlock(nn.Module):
@@ -94,12 +151,7 @@ class MLPBlock(nn.Module):
         Returns:
           torch.Tensor: ... x embedding_dim
         """
-        act = fusable_activation(self.act)
-        if act is not None:
-            h = fused_linear(x, self.lin1.weight, self.lin1.bias, act)
-        else:
-            h = self.act(self.lin1(x))
-        return fused_linear(h, self.lin2.weight, self.lin2.bias, residual=residual)
+        return linear(self.lin2, linear(self.lin1, x, self.act), residual=residual)
 
 
 class LayerNorm2d(nn.Module):
@@ -129,7 +181,8 @@ class LayerNorm2d(nn.Module):
           torch.Tensor: B x C x H x W, normalised over C at every pixel, channels-last memory
         """
         if x.is_contiguous(memory_format=torch.channels_last):
-            y = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps)
+            w = self.weight  # its shape, not x's: a constant when traced for ONNX
+            y = F.layer_norm(x.permute(0, 2, 3, 1), w.shape, w, self.bias, self.eps)
             return y.permute(0, 3, 1, 2)
         # Channel-first input (the mask prompt's first, 4-channel map): reduce across planes.
         u = x.mean(1, keepdim=True)

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..fastpath import fast_paths_enabled
 from .common import fused_linear
 
 
@@ -79,13 +80,13 @@ def deform_columns(
             idx.append(base + (yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)).long())
             wgt.append(wy * wx * ok * m)
     rows = x.permute(0, 2, 3, 1).reshape(b * h * w, cin)
-    # A weighted bag of the 4 corner rows per sample: contiguous row reads, modulation included.
-    cols = F.embedding_bag(
-        torch.stack(idx, -1).view(-1, 4),
-        rows,
-        per_sample_weights=torch.stack(wgt, -1).view(-1, 4).to(x.dtype),
-        mode="sum",
-    )
+    idx4, wgt4 = torch.stack(idx, -1).view(-1, 4), torch.stack(wgt, -1).view(-1, 4).to(x.dtype)
+    if fast_paths_enabled():
+        # A weighted bag of the 4 corner rows per sample: contiguous row reads, modulation
+        # included, no (samples x 4 x Cin) intermediate.
+        cols = F.embedding_bag(idx4, rows, per_sample_weights=wgt4, mode="sum")
+    else:
+        cols = (rows[idx4] * wgt4[..., None]).sum(1)  # the same sum, as plain gathers
     return cols.view(b * ho * wo, k * cin)
 
 

@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import fused_linear
+from ..fastpath import fast_paths_enabled
+from .common import fused_linear, is_plain_linear
 
 
 class DeformableSampling(nn.Module):
@@ -58,7 +59,7 @@ class DeformableSampling(nn.Module):
 
         Below: the readable reference (the modules themselves), used under autograd and off
         the CPU; CPU inference takes :meth:`_offsets_inference`, the same function."""
-        if _fast_inference(x):
+        if _fast_inference(x) and is_plain_linear(self.proj, x):
             return self._offsets_inference(x, size)
         b, n, c = x.shape
         h, w = size
@@ -158,8 +159,9 @@ class DeformableSampling(nn.Module):
 
 
 def _fast_inference(x: torch.Tensor) -> bool:
-    """Whether the inference-only CPU kernels apply (no autograd graph to record)."""
-    return not torch.is_grad_enabled() and x.device.type == "cpu"
+    """Whether the inference-only CPU kernels apply (no autograd graph to record, fast paths
+    on: ``use_fast_paths(False)`` keeps the reference ``grid_sample`` path)."""
+    return fast_paths_enabled() and not torch.is_grad_enabled() and x.device.type == "cpu"
 
 
 # (h, w, dtype, device) -> the x and y coordinates of the cells, as hw vectors.

@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..fastpath import fast_paths_enabled
+from .common import is_plain
 from .refiner_parts import CrossAttentionBlock, MSAModule
 
 Ratio = float | torch.Tensor
@@ -271,12 +273,15 @@ class FocusRefiner(nn.Module):
         if query_token.shape != (b, 1, c):
             raise ValueError(f"query_token must be B x 1 x C, got {tuple(query_token.shape)}")
         focus = F.adaptive_max_pool2d(focus_mask.float(), (h, w)).reshape(b, h, w)
-        # 1x1 conv as a linear layer on a channels-last map (same weights).
-        x = F.linear(
-            image_embeddings.permute(0, 2, 3, 1),
-            self.embed_proj.weight.view(c, c),
-            self.embed_proj.bias,
-        )
+        if fast_paths_enabled() and is_plain(self.embed_proj, nn.Conv2d):
+            # 1x1 conv as a linear layer on a channels-last map (same weights).
+            x = F.linear(
+                image_embeddings.permute(0, 2, 3, 1),
+                self.embed_proj.weight.view(c, c),
+                self.embed_proj.bias,
+            )
+        else:
+            x = self.embed_proj(image_embeddings).permute(0, 2, 3, 1)
         t = self.token_proj(query_token)
         for block in self.blocks:
             x, t = block(x, t, focus)

@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import LayerNorm2d, MLPBlock, fused_linear
+from ..fastpath import fast_paths_enabled
+from .common import LayerNorm2d, MLPBlock, fused_linear, is_plain_linear, linear
 
 
 class ImageEncoderViT(nn.Module):
@@ -85,6 +86,8 @@ class ImageEncoderViT(nn.Module):
             )
             for i in range(depth)
         )
+        # HQ-SAM's early feature: the tokens after the first global-attention block.
+        self.early_index: int | None = min(global_attn_indexes) if global_attn_indexes else None
         self.neck = nn.Sequential(
             nn.Conv2d(embed_dim, out_chans, kernel_size=1, bias=False),
             LayerNorm2d(out_chans),
@@ -92,16 +95,25 @@ class ImageEncoderViT(nn.Module):
             LayerNorm2d(out_chans),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, early_features: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """
         Arguments:
           x (torch.Tensor): B x in_chans x H x W normalised, padded images (H = W = img_size for
             SAM's inputs; any multiple of patch_size works)
+          early_features (bool): also return the tokens after the first global-attention
+            block (HQ-SAM's early ViT feature)
 
         Returns:
           torch.Tensor: the image embeddings, B x out_chans x H/patch_size x W/patch_size
             (channels-last memory)
+          torch.Tensor: only with early_features: the early feature, B x H/patch_size x
+            W/patch_size x embed_dim; that block's own output tensor, kept alive rather than
+            copied (later blocks never write into their input)
         """
+        if early_features and self.early_index is None:
+            raise ValueError("this encoder has no global-attention block: no early feature")
         x = self.patch_embed(x)
         if self.pos_embed is not None:
             pos = self.pos_embed
@@ -110,9 +122,13 @@ class ImageEncoderViT(nn.Module):
                     pos.permute(0, 3, 1, 2), size=x.shape[1:3], mode="bilinear", align_corners=False
                 ).permute(0, 2, 3, 1)
             x = x + pos
-        for blk in self.blocks:
+        early = None
+        for i, blk in enumerate(self.blocks):
             x = blk(x)
-        return self.neck(x.permute(0, 3, 1, 2))
+            if early_features and i == self.early_index:
+                early = x
+        out = self.neck(x.permute(0, 3, 1, 2))
+        return (out, early) if early_features else out
 
 
 class Block(nn.Module):
@@ -214,8 +230,12 @@ class Attention(nn.Module):
           torch.Tensor: B x H x W x C
 
         Equivalent to official SAM's partition-then-attend: there, zero-padded tokens become
-        keys equal to the qkv bias. Here the projection runs on the real tokens only and the
-        windows are gathered from its rows plus one bias row (the padding)."""
+        keys equal to the qkv bias. On the fast path the projection runs on the real tokens only
+        and the windows are gathered from its rows plus one bias row (the padding); that needs
+        ``qkv`` to be a plain ``nn.Linear`` (its output for a zero token is its bias), so any
+        other module, and ``use_fast_paths(False)``, take the reference path."""
+        if not (fast_paths_enabled() and is_plain_linear(self.qkv, x)):
+            return self._reference(x, window_size)
         B, H, W, C = x.shape
         nh = self.num_heads
         qkv = fused_linear(x, self.qkv.weight, self.qkv.bias).reshape(B * H * W, 3 * C)
@@ -237,7 +257,53 @@ class Attention(nn.Module):
         out = out.transpose(1, 2).reshape(b * h * w, C)
         if window_size > 0:
             out = out.index_select(0, scatter)
-        return fused_linear(out.view(B, H, W, C), self.proj.weight, self.proj.bias)
+        return linear(self.proj, out.view(B, H, W, C))
+
+    def _reference(self, x: torch.Tensor, window_size: int) -> torch.Tensor:
+        """Official segment-anything's math: zero-pad and partition into windows, project,
+        attend (logits, decomposed bias, softmax), project, unpartition. The modules are
+        called as modules."""
+        B, H, W, C = x.shape
+        pad_hw = (H, W)
+        if window_size > 0:
+            x, pad_hw = window_partition(x, window_size)
+        b, h, w, _ = x.shape
+        nh = self.num_heads
+        qkv = self.qkv(x).reshape(b, h * w, 3, nh, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # b x nh x hw x hd
+        if self.use_rel_pos:
+            out = rel_pos_attention(q, k, v, self.rel_pos_h, self.rel_pos_w, (h, w), self.scale)
+        else:
+            out = _reference_attention(q, k, v, None, None, self.scale)
+        out = self.proj(out.transpose(1, 2).reshape(b, h, w, -1))
+        if window_size > 0:
+            out = window_unpartition(out, window_size, pad_hw, (H, W))
+        return out
+
+
+def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Official SAM's window partition: B x H x W x C -> (B * nW) x ws x ws x C windows of the
+    grid zero-padded at the bottom / right, and the padded size (Hp, Wp)."""
+    B, H, W, C = x.shape
+    pad_h, pad_w = (-H) % window_size, (-W) % window_size
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = H + pad_h, W + pad_w
+    x = x.view(B, hp // window_size, window_size, wp // window_size, window_size, C)
+    windows = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, C)
+    return windows, (hp, wp)
+
+
+def window_unpartition(
+    windows: torch.Tensor, window_size: int, pad_hw: tuple[int, int], hw: tuple[int, int]
+) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: windows -> B x H x W x C, the padding cropped."""
+    hp, wp = pad_hw
+    H, W = hw
+    B = windows.shape[0] // (hp * wp // window_size // window_size)
+    x = windows.view(B, hp // window_size, wp // window_size, window_size, window_size, -1)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(B, hp, wp, -1)
+    return x[:, :H, :W] if hp > H or wp > W else x
 
 
 class PatchEmbed(nn.Module):
@@ -329,9 +395,44 @@ def rel_pos_attention(
     r_q = q.reshape(B * nh, h, w, dim)
     rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, Rh)  # (B nh) x h x w x h(keys)
     rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, Rw)  # (B nh) x h x w x w(keys)
+    if not fast_paths_enabled():
+        return _reference_attention(q, k, v, rel_h, rel_w, scale)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, rel_h, rel_w)):
         return _biased_sdpa(q, k, v, rel_h, rel_w, scale, chunk_bytes)
     return _biased_attention_inplace(q, k, v, rel_h, rel_w, scale, chunk_bytes)
+
+
+def _reference_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rel_h: torch.Tensor | None,
+    rel_w: torch.Tensor | None,
+    scale: float,
+    chunk_bytes: int = 256 << 20,
+) -> torch.Tensor:
+    """Official SAM's attention, softmax((scale q) k^T + bias) v with the decomposed bias
+    rel_h ((B nh) x h x w x kh) and rel_w ((B nh) x h x w x kw) added to the logits viewed as
+    ... x kh x kw (no bias when None), for B x nh x L x hd inputs -> B x nh x L x hd.
+
+    Plain ops only (the reference math: FLOP counting, export). The logits of all heads are
+    materialised as in the official code, but for at most ``chunk_bytes`` of them at a time
+    (ViT-H's global blocks would need 1 GiB per tensor otherwise)."""
+    B, nh, L, _ = q.shape
+    rows = max(1, chunk_bytes // (B * nh * L * q.element_size()))
+    if rel_h is not None:
+        kh, kw = rel_h.shape[-1], rel_w.shape[-1]
+        rel_h = rel_h.reshape(B, nh, L, kh, 1)
+        rel_w = rel_w.reshape(B, nh, L, 1, kw)
+    outs = []
+    for r0 in range(0, L, rows):
+        r1 = min(L, r0 + rows)
+        attn = (q[:, :, r0:r1] * scale) @ k.transpose(-2, -1)
+        if rel_h is not None:
+            attn = attn.view(B, nh, r1 - r0, kh, kw) + rel_h[:, :, r0:r1] + rel_w[:, :, r0:r1]
+            attn = attn.view(B, nh, r1 - r0, L)
+        outs.append(attn.softmax(dim=-1) @ v)
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
 def _biased_attention_inplace(

@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import LayerNorm2d, fusable_activation, fused_linear
+from ..fastpath import fast_paths_enabled
+from .common import LayerNorm2d, fusable_activation, fused_linear, is_plain
 
 
 class MaskDecoder(nn.Module):
@@ -159,6 +160,16 @@ class MaskDecoder(nn.Module):
         (M-channel, small) masks are assembled: no full-size feature map is ever permuted."""
         up0, ln, act0, up1, act1 = self.output_upscaling
         b = src.shape[0]
+        if not (
+            fast_paths_enabled()
+            and is_plain(up0, nn.ConvTranspose2d)
+            and is_plain(up1, nn.ConvTranspose2d)
+            and is_plain(ln, LayerNorm2d)
+        ):
+            # Reference: official SAM's stack on the B x C x h x w map, modules called.
+            upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, -1, h, w))
+            masks = hyper_in @ upscaled.flatten(2)  # b x M x 16hw
+            return masks.view(b, -1, 4 * h, 4 * w)
         x = _subpixel_linear(src, up0)  # b x hw*4 x C/4, rows (pixel, dy1, dx1)
         x = act0(F.layer_norm(x, (x.shape[-1],), ln.weight, ln.bias, ln.eps))
         act = fusable_activation(act1)

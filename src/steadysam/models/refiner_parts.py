@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import fused_linear
+from ..fastpath import fast_paths_enabled
+from .common import fused_linear, is_plain_linear, linear
 from .deform_conv import ModulatedDeformConv2d
 
 
@@ -55,9 +56,15 @@ class Attention(nn.Module):
         Returns:
           torch.Tensor: B x Nq x C
         """
-        if q is k and k is v:  # self-attention: one fused projection
-            w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-            bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        if (
+            q is k
+            and k is v
+            and fast_paths_enabled()
+            and all(is_plain_linear(m, q) for m in projections)
+        ):  # self-attention: one fused projection
+            w = torch.cat([m.weight for m in projections])
+            bias = torch.cat([m.bias for m in projections])
             q, k, v = fused_linear(q, w, bias).chunk(3, dim=-1)
         else:
             q, k, v = self.q_proj(q), self.k_proj(k), self.v_proj(v)
@@ -67,14 +74,22 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         b, _, nq, _ = out.shape
         out = out.transpose(1, 2).reshape(b, nq, -1)
-        return fused_linear(out, self.proj.weight, self.proj.bias)
+        return linear(self.proj, out)
 
     def attend_few(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         """Same result as ``forward(q, kv, kv)``, cheaper when Nq * heads << Nk.
 
         q: B x Nq x C, kv: B x Nk x C -> B x Nq x C. The key/value projections are moved onto the
-        queries / the attention-weighted inputs, so the Nk tokens are never projected.
+        queries / the attention-weighted inputs, so the Nk tokens are never projected. It reads
+        the key / value weights, so it needs plain ``nn.Linear`` projections; otherwise, and
+        under ``use_fast_paths(False)``, it is ``forward(q, kv, kv)``.
         """
+        if not (
+            fast_paths_enabled()
+            and is_plain_linear(self.k_proj, kv)
+            and is_plain_linear(self.v_proj, kv)
+        ):
+            return self.forward(q, kv, kv)
         b, nq, c = q.shape
         h, d = self.num_heads, self.head_dim
         qh = self._heads(self.q_proj(q))  # B, h, Nq, d
@@ -164,9 +179,8 @@ class PDyReLU(nn.Module):
         """
         c = self.channels
         # The dot product is deliberately unnormalised (no scale, no softmax).
-        hidden, _, out, _ = self.pixel_mlp
-        pix = F.relu(hidden(x @ q.transpose(1, 2)))
-        pix = fused_linear(pix, out.weight, out.bias, "tanh")
+        hidden, relu, out, tanh = self.pixel_mlp
+        pix = linear(out, relu(hidden(x @ q.transpose(1, 2))), tanh)
         pix = torch.addcmul(self.pixel_bias, pix, self.pixel_scale.exp())
         chn = self.channel_mlp(x.mean(1, keepdim=True))
         chn = torch.addcmul(self.channel_bias, chn, self.channel_scale.exp())

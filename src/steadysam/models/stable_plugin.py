@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..fastpath import fast_paths_enabled
 from .config import PluginConfig
 from .deformable_sampling import DeformableSampling
 from .dynamic_routing import DynamicRouting
@@ -91,6 +92,7 @@ class StablePlugin(nn.Module):
         # router): x_mix = x_p, so skip the offset network and the sampling. Not while
         # recording autograd, where every plugin parameter must take part (DDP).
         skip = (self.routing == "hard" and not self.training) or not torch.is_grad_enabled()
+        skip = skip and fast_paths_enabled()  # the reference math always runs both branches
         if skip and not bool(a.any()):
             return keys + key_pe, keys
         deformed = self.pe_mode == "deformed"
@@ -107,7 +109,7 @@ class StablePlugin(nn.Module):
             return torch.where(a.bool(), deformed, regular)
         # regular + a * (deformed - regular) in one pass; exact where the two are equal. A
         # single prompt's weight as a Python number: the scalar kernel is ~30 % faster.
-        if a.numel() == 1 and not a.requires_grad:
+        if a.numel() == 1 and not a.requires_grad and fast_paths_enabled():
             w = float(a)
             if w == 1.0:  # lerp at weight 1 is ``deformed`` exactly: skip the pass
                 return deformed

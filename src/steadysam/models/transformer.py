@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import MLPBlock, fused_linear
+from ..fastpath import fast_paths_enabled
+from .common import MLPBlock, fused_linear, is_plain_linear
 
 
 class TwoWayTransformer(nn.Module):
@@ -246,9 +247,13 @@ class Attention(nn.Module):
           torch.Tensor: B x Nq x C
         """
         heads_q, heads_k = self.num_heads * q.shape[1], self.num_heads * k.shape[1]
-        if heads_q < self.internal_dim and k.shape[1] > self.internal_dim:
+        # The reassociated forms read the projections' weights: plain nn.Linear layers only.
+        fast = fast_paths_enabled() and all(
+            is_plain_linear(m, q) for m in (self.q_proj, self.k_proj, self.v_proj, self.out_proj)
+        )
+        if fast and heads_q < self.internal_dim and k.shape[1] > self.internal_dim:
             out = self._few_queries(q, k, v)
-        elif heads_k < self.internal_dim and q.shape[1] > self.internal_dim:
+        elif fast and heads_k < self.internal_dim and q.shape[1] > self.internal_dim:
             return self._few_keys(q, k, v, residual)
         else:
             q = self._separate_heads(self.q_proj(q))

@@ -1,6 +1,6 @@
 """Export a steadysam model to ONNX: image encoder, prompt encoder + mask decoder (with a
-Stable-SAM plugin inside), FocSAM's refiner in dense form, each with its JSON sidecar, and an
-optional int8 decoder.
+Stable-SAM plugin inside), FocSAM's refiner in dense form, HQ-SAM's once-per-image fusion,
+each with its JSON sidecar, and an optional int8 decoder.
 
     from steadysam.onnx.export import export_onnx
     export_onnx(build_model("demo_focsam"), "onnx/demo_focsam", name="demo_focsam")
@@ -34,7 +34,7 @@ from ..atomic import atomic_path, atomic_write_text
 from ..fastpath import use_fast_paths
 from ..models.sam import Sam
 from ..weights.digest import state_digest
-from .graphs import DenseRefinerGraph, EncoderGraph, decoder_graph
+from .graphs import DenseRefinerGraph, EncoderGraph, HQFusionGraph, decoder_graph
 from .sidecar import FORMAT, FORMAT_VERSION, MANIFEST, io_spec
 
 OPSET = 17  # LayerNormalization (17) and GridSample (16) as single ops
@@ -58,7 +58,7 @@ def export_onnx(
     atomically, the manifest last, so an interrupted export is never taken for a whole one).
 
     Arguments:
-      model: a SAM / FocSAM / Stable-SAM model (``steadysam.build_model``).
+      model: a SAM / FocSAM / Stable-SAM / HQ-SAM model (``steadysam.build_model``).
       out_dir: the folder to write.
       name: the model's name for the sidecars (e.g. the registry name or checkpoint file).
       int8: also write ``decoder_int8.onnx``, the decoder with onnxruntime's dynamic int8
@@ -84,6 +84,8 @@ def export_onnx(
 
     with _tracing(model):
         graphs["encoder"] = _export_encoder(model, out, base)
+        if model.is_hq:
+            graphs["hq_fusion"] = _export_hq_fusion(model, out, base)
         graphs["decoder"] = _export_decoder(model, out, base, num_points)
         if model.refiner is not None:
             graphs["refiner"] = _export_refiner(model, out, base)
@@ -98,6 +100,7 @@ def export_onnx(
         "config": cfg.to_dict(),
         "refiner": model.refiner is not None,
         "plugin": cfg.plugin is not None,
+        "hq": _hq_facts(model),
         "preprocessing": _preprocessing(model),
         "mask_threshold": model.mask_threshold,
     }
@@ -112,6 +115,16 @@ def _export_encoder(model: Sam, out: Path, base: dict) -> dict:
     image = torch.randn(1, 3, S, S, generator=torch.Generator().manual_seed(0))
     inputs = [io_spec("image", [1, 3, S, S], "float32", "normalised, zero-padded model input")]
     outputs = [io_spec("image_embeddings", [1, c, h, w], "float32", "the image embedding")]
+    if model.is_hq:
+        outputs.append(
+            io_spec(
+                "early_features",
+                [1, h, w, model.mask_decoder.vit_dim],
+                "float32",
+                "HQ-SAM: the encoder's tokens after its first global-attention block (input "
+                "of the hq_fusion graph)",
+            )
+        )
     diff = _export(EncoderGraph(model).eval(), (image,), out / "encoder.onnx", inputs, outputs, {})
     return {
         **base,
@@ -121,6 +134,57 @@ def _export_encoder(model: Sam, out: Path, base: dict) -> dict:
         "outputs": outputs,
         "preprocessing": _preprocessing(model),
         "export_check": {"max_abs_diff": diff},
+    }
+
+
+def _export_hq_fusion(model: Sam, out: Path, base: dict) -> dict:
+    pe = model.prompt_encoder
+    c, (h, w) = pe.embed_dim, pe.image_embedding_size
+    d = model.mask_decoder.vit_dim
+    g = torch.Generator().manual_seed(3)
+    emb = torch.randn(1, c, h, w, generator=g)
+    early = torch.randn(1, h, w, d, generator=g)
+    inputs = [
+        io_spec("image_embeddings", [1, c, h, w], "float32", "the encoder's embedding"),
+        io_spec("early_features", [1, h, w, d], "float32", "the encoder's early feature"),
+    ]
+    outputs = [
+        io_spec(
+            "hq_features",
+            [1, c // 8, 4 * h, 4 * w],
+            "float32",
+            "HQ-SAM's global-local fusion (embedding_encoder(embedding) + "
+            "compress_vit_feat(early feature)), the decoder's hq_features input",
+        )
+    ]
+    diff = _export(
+        HQFusionGraph(model).eval(), (emb, early), out / "hq_fusion.onnx", inputs, outputs, {}
+    )
+    return {
+        **base,
+        "graph": "hq_fusion",
+        "file": "hq_fusion.onnx",
+        "inputs": inputs,
+        "outputs": outputs,
+        "run_at": "once per image, after the encoder; its output is fed to every decoder run "
+        "on that image (as steadysam.Predictor computes it once per image)",
+        "export_check": {"max_abs_diff": diff},
+    }
+
+
+def _hq_facts(model: Sam) -> dict[str, Any] | None:
+    """The manifest's / decoder sidecar's HQ-SAM entry (None for other models)."""
+    if not model.is_hq:
+        return None
+    return {
+        "fusion_graph": "hq_fusion",
+        "early_features": "encoder output 'early_features'",
+        "decoder_inputs": ["hq_features", "hq_token_only"],
+        "token_only": model.config.hq.token_only,
+        "note": "token_only is the model's hq_token_only default (HQConfig.token_only), "
+        "which OnnxPredictor uses when hq_token_only is not given; HQ-SAM returns one mask "
+        "per prompt: decoder output 0 is the single-mask answer, 1 the multimask one (SAM's "
+        "best token by predicted IoU)",
     }
 
 
@@ -169,10 +233,41 @@ def _export_decoder(model: Sam, out: Path, base: dict, num_points: int) -> dict:
             "the mask tokens' transformer outputs (token 0: FocSAM's refiner query)",
         ),
     ]
+    args: tuple[torch.Tensor, ...] = (emb, coords, labels, mask, has)
+    if model.is_hq:
+        hq = torch.randn(1, c // 8, 4 * h, 4 * w, generator=g)
+        # Trace with the SAM part on, so the check below compares it too.
+        args += (hq, torch.zeros(1))
+        inputs += [
+            io_spec(
+                "hq_features",
+                [1, c // 8, 4 * h, 4 * w],
+                "float32",
+                "the image's HQ-SAM fusion (hq_fusion graph output)",
+            ),
+            io_spec(
+                "hq_token_only",
+                [1],
+                "float32",
+                "1 returns the HQ mask alone, 0 SAM's plus the HQ mask's logits (default: the "
+                "sidecar's hq.token_only)",
+            ),
+        ]
+        outputs = [
+            io_spec(
+                "low_res_masks",
+                [1, 2, 4 * h, 4 * w],
+                "float32",
+                "HQ-SAM's one mask per prompt, both ways: index 0 the single-mask answer (SAM "
+                "token 0), 1 the multimask answer (SAM's token among 1.. with the highest "
+                "predicted IoU); each plus the HQ mask's logits (or the HQ mask alone)",
+            ),
+            io_spec("iou_predictions", [1, 2], "float32", "SAM's predicted IoU of the token used"),
+        ]
     dyn = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
     diff = _export(
         decoder_graph(model).eval(),
-        (emb, coords, labels, mask, has),
+        args,
         out / "decoder.onnx",
         inputs,
         outputs,
@@ -188,6 +283,7 @@ def _export_decoder(model: Sam, out: Path, base: dict, num_points: int) -> dict:
         "decoder": type(model.mask_decoder).__name__,
         "num_multimask_outputs": model.mask_decoder.num_multimask_outputs,
         "mask_threshold": model.mask_threshold,
+        "hq": _hq_facts(model),
         "plugin": None
         if plugin is None
         else {

@@ -12,7 +12,6 @@ rounding, ~1e-6). Tests compare each function with its PyTorch original.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,52 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..datafiles import ImageError, read_image
-
-CONVENTIONS = ("sam", "focsam")
-
-
-def as_rgb(image: Any) -> np.ndarray:
-    """A path, PIL image or numpy array -> H x W x 3 uint8 RGB (``preprocess.load_image``
-    without torch tensors; the same conversions and the same ``ImageError``s)."""
-    if isinstance(image, (str, os.PathLike)):
-        return read_image(image)
-    if isinstance(image, Image.Image):
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            image = np.asarray(image)
-        else:
-            image = np.asarray(image.convert("RGBA" if "A" in image.mode else "RGB"))
-    if not isinstance(image, np.ndarray):
-        raise ImageError(
-            f"unsupported image type {type(image).__name__}: pass a path, a PIL image or an "
-            "H x W [x 3|4] numpy array"
-        )
-    arr = image
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise ImageError(f"unsupported image shape {arr.shape}: expected H x W, H x W x 3 or x 4")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ImageError(f"empty image of shape {arr.shape}")
-    arr = arr[:, :, :3]
-    if arr.dtype == np.uint8:
-        pass
-    elif arr.dtype == np.bool_:
-        arr = arr.astype(np.uint8) * 255
-    elif arr.dtype == np.uint16:
-        arr = (arr.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
-    elif np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer):
-        a = arr.astype(np.float64)
-        if not np.isfinite(a).all():
-            raise ImageError("image contains NaN or infinite values")
-        if np.issubdtype(arr.dtype, np.floating) and a.max(initial=0.0) <= 1.0:
-            a = a * 255.0
-        arr = np.clip(a + 0.5, 0, 255).astype(np.uint8)
-    else:
-        raise ImageError(f"unsupported image dtype {arr.dtype}")
-    return np.ascontiguousarray(arr)
+from ..geometry import FrameGeometry
 
 
 def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -77,36 +31,9 @@ def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class NpFrame:
-    """Where an image sits in the model's S x S input (``steadysam.preprocess.Frame``)."""
-
-    convention: str
-    original_size: tuple[int, int]
-    padded_size: tuple[int, int]
-    input_size: tuple[int, int]
-    image_size: int
-
-    @classmethod
-    def create(cls, convention: str, original_size: tuple[int, int], image_size: int) -> NpFrame:
-        if convention not in CONVENTIONS:
-            raise ValueError(f"unknown preprocessing {convention!r}; use one of {CONVENTIONS}")
-        H, W = original_size
-        padded = (H, W) if convention == "sam" else (-(-H // 32) * 32, -(-W // 32) * 32)
-        scale = image_size * 1.0 / max(padded)
-        inp = (int(padded[0] * scale + 0.5), int(padded[1] * scale + 0.5))
-        return cls(convention, (H, W), padded, inp, image_size)
-
-    def coords_to_model(self, coords: np.ndarray) -> np.ndarray:
-        """... x 2 (x, y) original pixels -> model input frame (float64)."""
-        out = np.array(coords, dtype=np.float64)
-        out[..., 0] *= self.input_size[1] / self.padded_size[1]
-        out[..., 1] *= self.input_size[0] / self.padded_size[0]
-        return out
-
-    def boxes_to_model(self, boxes: np.ndarray) -> np.ndarray:
-        """... x 4 (x0, y0, x1, y1) original pixels -> model input frame."""
-        b = np.asarray(boxes, dtype=np.float64)
-        return self.coords_to_model(b.reshape(*b.shape[:-1], 2, 2)).reshape(b.shape)
+class NpFrame(FrameGeometry):
+    """:class:`steadysam.geometry.FrameGeometry` with the numpy side (``preprocess.Frame`` and
+    ``preprocess.image_to_tensor`` without torch)."""
 
     def logits_to_original(self, logits: np.ndarray) -> np.ndarray:
         """h x w low-res logits -> H x W logits at original resolution (float32)."""

@@ -9,6 +9,11 @@ graph inputs or dense tensor ops:
                       dynamic number of points, box corners as labelled points and the mask prompt
                       switched by ``has_mask_input`` (segment-anything's ONNX interface); every
                       mask token's output at once, so one graph serves single- and multi-mask.
+``HQFusionGraph``     HQ-SAM's once-per-image global-local fusion, (embedding, early feature)
+                      -> HQ feature.
+``HQDecoderGraph``    HQ-SAM's decoder: the SAM decoder graph's inputs plus the HQ feature and an
+                      ``hq_token_only`` switch; two outputs, single-mask (SAM's token 0) and
+                      multimask (SAM's best token by predicted IoU), each with the HQ mask.
 ``DenseRefinerGraph`` FocSAM's focus refiner with every window computed and the update kept only
                       in the windows that touch the focus grid (the refiner's own result
                       exactly: windows are independent); the focus box itself is numpy in
@@ -24,27 +29,57 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.focus_refiner import FocusRefiner, RefineBlock
+from ..models.hq_mask_decoder import HQMaskDecoder, _dot
 from ..models.mask_decoder import MaskDecoder
 from ..models.sam import Sam
 
 
 class EncoderGraph(nn.Module):
-    """The image encoder as a graph: image 1 x 3 x S x S -> embedding 1 x C x S/16 x S/16."""
+    """The image encoder as a graph: image 1 x 3 x S x S -> embedding 1 x C x S/16 x S/16
+    (HQ-SAM: and the early feature, 1 x S/16 x S/16 x D, the tokens after the first global
+    block)."""
 
     def __init__(self, model: Sam) -> None:
         super().__init__()
         self.image_encoder = model.image_encoder
+        self.early_features = model.is_hq
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """
         Arguments:
           image (torch.Tensor): 1 x 3 x S x S normalised, zero-padded model input
 
         Returns:
           torch.Tensor: the image embedding, 1 x C x h x w
+          torch.Tensor: HQ-SAM only: the early feature, 1 x h x w x D
         """
-        # A contiguous output: channels-last memory would only be a trace-time layout.
+        # Contiguous outputs: channels-last memory would only be a trace-time layout.
+        if self.early_features:
+            emb, early = self.image_encoder(image, early_features=True)
+            return emb.contiguous(), early.contiguous()
         return self.image_encoder(image).contiguous()
+
+
+class HQFusionGraph(nn.Module):
+    """HQ-SAM's global-local fusion (``HQMaskDecoder.hq_features``): it depends on the image
+    only, so it is its own graph, run once per image as ``steadysam.Predictor`` does."""
+
+    def __init__(self, model: Sam) -> None:
+        super().__init__()
+        if not isinstance(model.mask_decoder, HQMaskDecoder):
+            raise ValueError("the model is not HQ-SAM: it has no global-local fusion to export")
+        self.mask_decoder = model.mask_decoder
+
+    def forward(self, image_embeddings: torch.Tensor, early_features: torch.Tensor) -> torch.Tensor:
+        """
+        Arguments:
+          image_embeddings (torch.Tensor): 1 x C x h x w, the encoder's embedding
+          early_features (torch.Tensor): 1 x h x w x D, the encoder's early feature
+
+        Returns:
+          torch.Tensor: the HQ feature, 1 x C/8 x 4h x 4w
+        """
+        return self.mask_decoder.hq_features(image_embeddings, early_features).contiguous()
 
 
 class SamDecoderGraph(nn.Module):
@@ -114,6 +149,72 @@ class SamDecoderGraph(nn.Module):
             slice(None),
         )
         return masks.contiguous(), iou, tokens
+
+
+class HQDecoderGraph(SamDecoderGraph):
+    """Prompt encoder + HQ-SAM's mask decoder (``HQMaskDecoder.forward``) with the SAM decoder
+    graph's point / mask inputs plus the image's HQ feature and ``hq_token_only``.
+
+    HQ-SAM answers one mask per prompt; this graph returns both of its answers at once, laid out
+    as the SAM graph's outputs (index 0 single-mask, 1.. multimask): index 0 is SAM's mask token 0
+    (``multimask_output=False``), index 1 SAM's mask token among 1..K with the highest predicted
+    IoU (``multimask_output=True``, first on ties, as ``torch.max``), each plus the HQ mask
+    unless ``hq_token_only`` is 1 (then the HQ mask alone: hq + 0 * sam, exactly either). All
+    output tokens go through the transformer's last attention (PyTorch skips the unused ones;
+    each token attends on its own, so that changes nothing)."""
+
+    def __init__(self, model: Sam) -> None:
+        super().__init__(model)
+        if not isinstance(self.mask_decoder, HQMaskDecoder):
+            raise ValueError("HQDecoderGraph needs an HQMaskDecoder")
+
+    def forward(  # type: ignore[override]
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+        hq_features: torch.Tensor,
+        hq_token_only: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Arguments:
+          image_embeddings, point_coords, point_labels, mask_input, has_mask_input: as in
+            ``SamDecoderGraph.forward``
+          hq_features (torch.Tensor): 1 x C/8 x 4h x 4w, the image's fusion (``HQFusionGraph``)
+          hq_token_only (torch.Tensor): shape 1; 1.0 the HQ mask alone, 0.0 SAM's plus HQ's
+
+        Returns:
+          torch.Tensor: low-res logits 1 x 2 x 4h x 4w: [single-mask answer, multimask answer]
+          torch.Tensor: SAM's predicted IoU of the token each used, 1 x 2
+        """
+        d = self.mask_decoder
+        sparse = self.embed_points(point_coords, point_labels)
+        dense = self.embed_mask(mask_input, has_mask_input)
+        tokens = torch.cat([d.iou_token.weight, d.mask_tokens.weight, d.hf_token.weight])
+        tokens = torch.cat((tokens.unsqueeze(0), sparse), 1)
+        src = image_embeddings + dense
+        b, c, h, w = src.shape
+        n = d.num_mask_tokens
+        hs, src = d.transformer(
+            src, self.prompt_encoder.get_dense_pe(), tokens, outputs=list(range(n + 2))
+        )
+        iou_all = d.iou_prediction_head(hs[:, 0])  # 1 x n
+        sam_hyper = torch.stack(
+            [d.output_hypernetworks_mlps[i](hs[:, 1 + i]) for i in range(n)], dim=1
+        )  # 1 x n x C/8
+        hq_hyper = d.hf_mlp(hs[:, n + 1])[:, None]  # 1 x 1 x C/8
+        upscaled = d.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        hq_mask = _dot(hq_hyper, d.embedding_maskfeature(upscaled) + hq_features)  # 1 x 1
+        best_iou, best = torch.max(iou_all[:, 1:], dim=1)
+        cw = sam_hyper.shape[-1]
+        best_hyper = torch.gather(sam_hyper[:, 1:], 1, best.reshape(b, 1, 1).expand(b, 1, cw))
+        sam_masks = _dot(torch.cat([sam_hyper[:, :1], best_hyper], 1), upscaled)  # 1 x 2
+        keep_sam = 1 - hq_token_only.reshape(1, 1, 1, 1)
+        masks = keep_sam * sam_masks + hq_mask
+        iou = torch.cat([iou_all[:, :1], best_iou[:, None]], 1)
+        return masks.contiguous(), iou
 
 
 class DenseRefinerGraph(nn.Module):
@@ -200,8 +301,11 @@ class DenseRefinerGraph(nn.Module):
 
 
 # Mask decoder class -> its graph module. A variant decoder (HQ-SAM's, with its extra token and
-# features) registers its own graph here, with the same inputs and extra outputs as it needs.
-DECODER_GRAPHS: dict[type[nn.Module], type[nn.Module]] = {MaskDecoder: SamDecoderGraph}
+# features) registers its own graph here, with the same inputs and extra ones as it needs.
+DECODER_GRAPHS: dict[type[nn.Module], type[nn.Module]] = {
+    MaskDecoder: SamDecoderGraph,
+    HQMaskDecoder: HQDecoderGraph,
+}
 
 
 def decoder_graph(model: Sam) -> nn.Module:

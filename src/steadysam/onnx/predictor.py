@@ -5,6 +5,11 @@ Same protocol as the PyTorch predictor (docs/focsam.md §1.2): per-object sessio
 previous low-res logits as mask prompt, single-mask output (``focsam``) or the best-IoU mask
 of the multimask outputs (``sam-best``), FocSAM's refiner run once per object at its 2nd
 click on the coarse pass of that click, and ``undo`` restoring the unrefined embedding.
+
+HQ-SAM exports (an ``hq_fusion`` graph in the folder): ``set_image`` also runs the fusion graph
+on the encoder's (embedding, early feature) once per image and feeds its output to every
+decoder run on that image; ``hq_token_only`` defaults to the model's (the sidecar's
+``hq.token_only``), as in ``steadysam.Predictor``.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from ..datafiles import to_rgb
 from ..modes import MODES
-from .frame import NpFrame, as_rgb, focus_box, focus_grid
+from .frame import NpFrame, focus_box, focus_grid
 from .sidecar import OnnxFolderError, read_folder
 
 DECODERS = ("fp32", "int8")
@@ -80,18 +86,28 @@ class OnnxPredictor:
         providers = providers or ["CPUExecutionProvider"]
         self._sessions = {
             name: self._session(ort, name, options, providers)
-            for name in ("encoder", graph, "refiner")
+            for name in ("encoder", "hq_fusion", graph, "refiner")
             if name in self.sidecars
         }
         self._encoder = self._sessions["encoder"]
         self._decoder = self._sessions[graph]
         self._refiner = self._sessions.get("refiner")
+        # HQ-SAM: the fusion graph and the model's hq_token_only default.
+        self._hq_fusion = self._sessions.get("hq_fusion")
+        hq = self.sidecars["decoder"].get("hq")
+        if (self._hq_fusion is None) != (hq is None):
+            raise OnnxFolderError(
+                f"{self.folder}: the decoder sidecar's 'hq' entry and the hq_fusion graph "
+                "must come together (files of different exports mixed?)"
+            )
+        self.hq_token_only = None if hq is None else bool(hq["token_only"])
         mask_spec = self.sidecars["decoder"]["inputs"][3]["shape"]
         self.mask_input_size = (int(mask_spec[2]), int(mask_spec[3]))
         emb_spec = self.sidecars["encoder"]["outputs"][0]["shape"]
         self.embedding_shape = tuple(int(v) for v in emb_spec)
         self.cache_size = cache_size
-        self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
+        # key -> (embedding, HQ-SAM fusion or None)
+        self._memory: OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
         self.last_encoder_seconds = 0.0
         self.reset_image()
 
@@ -115,6 +131,7 @@ class OnnxPredictor:
     def reset_image(self) -> None:
         self.is_image_set = False
         self.features: np.ndarray | None = None
+        self.hq_features: np.ndarray | None = None  # HQ-SAM: the image's fusion
         self.frame: NpFrame | None = None
 
     @property
@@ -131,7 +148,7 @@ class OnnxPredictor:
         unless image_format is "BGR"); ``ImageError`` otherwise."""
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', not {image_format!r}")
-        rgb = as_rgb(image)
+        rgb = to_rgb(image)
         if image_format == "BGR":
             rgb = np.ascontiguousarray(rgb[:, :, ::-1])
         frame = NpFrame.create(self.convention, rgb.shape[:2], self.image_size)
@@ -139,17 +156,23 @@ class OnnxPredictor:
         h.update(rgb.tobytes())
         key = h.hexdigest()
         self.last_encoder_seconds = 0.0
-        features = self._memory.get(key)
-        if features is None:
+        cached = self._memory.get(key)
+        if cached is None:
             start = time.perf_counter()
             x = frame.image_to_input(rgb, self.pixel_mean, self.pixel_std)
-            features = self._encoder.run(None, {"image": x})[0]
+            outs = self._encoder.run(None, {"image": x})
+            fusion = None
+            if self._hq_fusion is not None:  # once per image, as Predictor
+                feeds = {"image_embeddings": outs[0], "early_features": outs[1]}
+                fusion = self._hq_fusion.run(None, feeds)[0]
+            cached = (outs[0], fusion)
             self.last_encoder_seconds = time.perf_counter() - start
-        self._memory[key] = features
+        self._memory[key] = cached
         self._memory.move_to_end(key)
         while len(self._memory) > max(self.cache_size, 1):
             self._memory.popitem(last=False)
-        self.features, self.frame, self.is_image_set = features, frame, True
+        self.features, self.hq_features = cached
+        self.frame, self.is_image_set = frame, True
 
     def get_image_embedding(self) -> np.ndarray:
         """The current image's 1 x C x h x w embedding."""
@@ -170,10 +193,23 @@ class OnnxPredictor:
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        hq_token_only: bool | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """As ``SamPredictor.predict``: points N x 2 (x, y) with labels N (1, 0, -1), a box
         (x0, y0, x1, y1), all in original pixels, a 1 x h x w low-res mask prompt -> (masks
-        C x H x W, IoU predictions C, low-res logits C x h x w). At least a point or a box."""
+        C x H x W, IoU predictions C, low-res logits C x h x w). At least a point or a box.
+
+        HQ-SAM exports answer as ``Predictor.predict`` on HQ-SAM: one mask (C = 1; with
+        multimask_output, SAM's best token by predicted IoU), ``hq_token_only`` True the HQ
+        mask alone, False SAM's plus HQ's logits, None the model's default. Other exports take
+        only None."""
+        if hq_token_only is not None:
+            if self._hq_fusion is None:
+                raise ValueError(
+                    f"hq_token_only={hq_token_only!r}: this model is not HQ-SAM (leave it None)"
+                )
+            if not isinstance(hq_token_only, (bool, np.bool_)):
+                raise TypeError(f"hq_token_only must be True, False or None, not {hq_token_only!r}")
         frame = self._require_frame()
         clicks: list[tuple[float, float, float]] = []
         if (point_coords is None) != (point_labels is None):
@@ -212,7 +248,7 @@ class OnnxPredictor:
                     f"{self.mask_input_size[1]} logits, got shape {mask.shape}"
                 )
             mask = mask[None]
-        low, iou, _ = self.decode(self._require_features(), clicks, b, mask)
+        low, iou, _ = self.decode(self._require_features(), clicks, b, mask, hq_token_only)
         sel = slice(1, None) if multimask_output else slice(0, 1)
         low, iou = low[0, sel], iou[0, sel]
         masks = np.stack([frame.logits_to_original(m) for m in low])
@@ -227,10 +263,16 @@ class OnnxPredictor:
         clicks: list[tuple[float, float, float]],
         box: np.ndarray | None,
         mask_input: np.ndarray | None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        hq_token_only: bool | None = None,
+        hq_features: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """The decoder graph on clicks (x, y, label) and a box in original pixels, laid out as
         ``Sam.decode`` lays out prompts -> (low-res logits 1 x (K+1) x h x w, IoUs 1 x (K+1),
-        mask tokens 1 x (K+1) x C) of every mask token."""
+        mask tokens 1 x (K+1) x C) of every mask token.
+
+        HQ-SAM: (low-res logits 1 x 2 x h x w, IoUs 1 x 2, None): index 0 the single-mask
+        answer, 1 the multimask one, with ``hq_features`` (None: the current image's fusion)
+        and ``hq_token_only`` (None: the model's default)."""
         frame = self._require_frame()
         coords = [frame.coords_to_model(np.array(c[:2])) for c in clicks]
         labels = [c[2] for c in clicks]
@@ -250,7 +292,16 @@ class OnnxPredictor:
             else np.zeros((1, 1, *self.mask_input_size), np.float32),
             "has_mask_input": np.array([1.0 if has else 0.0], np.float32),
         }
-        return tuple(self._decoder.run(None, feeds))
+        if self._hq_fusion is None:
+            return tuple(self._decoder.run(None, feeds))
+        if hq_features is None:
+            self._require_frame()
+            hq_features = self.hq_features
+        token_only = self.hq_token_only if hq_token_only is None else hq_token_only
+        feeds["hq_features"] = hq_features
+        feeds["hq_token_only"] = np.array([1.0 if token_only else 0.0], np.float32)
+        low, iou = self._decoder.run(None, feeds)
+        return low, iou, None
 
     def refine(
         self, embeddings: np.ndarray, coarse_logits: np.ndarray, query_token: np.ndarray
@@ -323,6 +374,7 @@ class OnnxObjectSession:
         self.predictor = predictor
         self.frame = predictor._require_frame()
         self.features = predictor._require_features()
+        self.hq_features = predictor.hq_features  # HQ-SAM: this image's fusion (else None)
         self.mode = mode
         self.refine_at = refine_at if predictor.has_refiner else None
         self.timings = {"decoder": 0.0, "refiner": 0.0}
@@ -383,11 +435,16 @@ class OnnxObjectSession:
         start = time.perf_counter()
         if embedding is None and self.refine_at is not None and len(clicks) == self.refine_at + 1:
             coarse, _, tokens = p.decode(self.features, points, b, prev.logits)
+            assert tokens is not None  # a refiner export (not HQ-SAM) has mask tokens
             embedding = p.refine(self.features, coarse[:, :1], tokens[:, :1])
             self.timings["refiner"] += time.perf_counter() - start
             start = time.perf_counter()
         low, iou, _ = p.decode(
-            self.features if embedding is None else embedding, points, b, prev.logits
+            self.features if embedding is None else embedding,
+            points,
+            b,
+            prev.logits,
+            hq_features=self.hq_features,
         )
         if self.mode == "sam-best":
             best = 1 + int(np.argmax(iou[0, 1:]))

@@ -15,8 +15,9 @@ from typing import Any
 FORMAT = "steadysam-onnx"
 FORMAT_VERSION = 1
 MANIFEST = "model.json"
-# Graph names; ``decoder_int8`` is the optional dynamically quantised decoder.
-GRAPHS = ("encoder", "decoder", "refiner", "decoder_int8")
+# Graph names; ``decoder_int8`` is the optional dynamically quantised decoder, ``hq_fusion``
+# HQ-SAM's once-per-image global-local fusion.
+GRAPHS = ("encoder", "hq_fusion", "decoder", "refiner", "decoder_int8")
 
 
 class OnnxFolderError(ValueError):
@@ -88,6 +89,8 @@ def read_folder(folder: str | Path) -> tuple[dict[str, Any], dict[str, dict[str,
         sidecars[name] = sidecar
     if manifest.get("refiner") and "refiner" not in sidecars:
         raise OnnxFolderError(f"{manifest_path}: the model has a refiner but no refiner graph")
+    if manifest.get("hq") and "hq_fusion" not in sidecars:
+        raise OnnxFolderError(f"{manifest_path}: the model is HQ-SAM but has no hq_fusion graph")
     return manifest, sidecars
 
 
