@@ -9,7 +9,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from steadysam.cli_common import EXIT_OK, add_debug_arg, add_model_args, model_kwargs
+from steadysam.cli_common import (
+    EXIT_OK,
+    add_debug_arg,
+    add_model_args,
+    model_kwargs,
+    predictor_kwargs,
+)
 
 FORMATS = ("coco", "yolo", "png")  # formats.FORMATS, without importing the writers here
 
@@ -40,16 +46,14 @@ def cmd_annotate(args: argparse.Namespace) -> int:
             "request needs the access token in the URL below",
             file=sys.stderr,
         )
+    from steadysam.eval.runner import check_device
     from steadysam.weights.factory import build_model
 
+    check_device(args.device)  # before the model loads, as the paths
     model = build_model(**model_kwargs(args))
     if args.device:
-        from steadysam.eval.runner import check_device
-
-        check_device(args.device)
         model = model.to(args.device)
     name = args.model or Path(args.checkpoint).name
-    precision = getattr(args, "precision", "fp32")  # the model options' --precision
     project = open_project(
         args.images_dir,
         args.db,
@@ -57,7 +61,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         name,
         prefetch=not args.no_prefetch,
         relink=args.relink,
-        predictor_kwargs=None if precision == "fp32" else {"precision": precision},
+        predictor_kwargs=predictor_kwargs(args),
     )
     if args.import_coco:
         data = Path(args.import_coco)
@@ -150,8 +154,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "export",
         help="write an annotation project's labels as COCO, YOLO or PNG",
         description="Reads the project (read-only; the server may be running) and writes its "
-        "labels: coco = one JSON file (RLE + polygons), yolo = a folder of YOLO segmentation "
-        "label files, png = a folder of instance and semantic maps (docs/app.md).",
+        "labels: coco = one JSON file (masks as RLE, or as polygons with --segmentation "
+        "polygon), yolo = a folder of YOLO segmentation label files, png = a folder of instance "
+        "and semantic maps (docs/app.md, docs/app-formats.md).",
     )
     p.add_argument("--db", required=True, help="the project file")
     p.add_argument("--format", required=True, choices=FORMATS, help="output format")

@@ -115,7 +115,7 @@ class Engine:
                                    **(predictor_kwargs or {}))  # fmt: skip
         self.lock = PriorityLock()
         # The plugin modules of what actually runs (the model, or a lower-precision twin).
-        self.plugin = PluginSwitch(getattr(self.predictor, "net", model))
+        self.plugin = PluginSwitch(self.predictor.net)
         self.plugin_enabled = self.plugin.available
         self.max_sessions = max_sessions
         self._sessions: OrderedDict[int, _Cached] = OrderedDict()

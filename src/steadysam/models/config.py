@@ -15,6 +15,15 @@ PARTS = ("image_encoder", "prompt_encoder", "mask_decoder", "refiner")
 PLUGIN_PART = "plugin"
 
 
+def _known_fields(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` if every key is a field of the dataclass ``cls``, else a ValueError naming the
+    unknown ones (a config file from another version or with a typo is not half-read)."""
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    return d
+
+
 @dataclass
 class RefinerConfig:
     """FocSAM focus refiner (docs/focsam.md §4). Its channel width is the prompt embedding width.
@@ -87,11 +96,7 @@ class PluginConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PluginConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown PluginConfig fields: {sorted(unknown)}")
-        return cls(**d)
+        return cls(**_known_fields(cls, d))
 
 
 @dataclass
@@ -114,11 +119,7 @@ class HQConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HQConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown HQConfig fields: {sorted(unknown)}")
-        return cls(**d)
+        return cls(**_known_fields(cls, d))
 
 
 @dataclass
@@ -173,11 +174,7 @@ class SamConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SamConfig:
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown SamConfig fields: {sorted(unknown)}")
+        d = dict(_known_fields(cls, d))
         ref = d.pop("refiner", None)
         plugin = d.pop("plugin", None)
         hq = d.pop("hq", None)
