@@ -7,7 +7,9 @@ A click = prompt encoder + mask decoder + upsampling to the image size, as in be
 a DAVIS frame (854x480), with a fixed 64x64 embedding (the encoder is not timed: the plugin
 does not touch it). The plugin carries non-zero random weights so its offsets are non-zero
 (an untrained plugin samples exactly on the grid, which costs the same but would hide
-nothing). Prints min-of-N times per click and the ratios.
+nothing). Prints min-of-N times per click and the ratios. The plugin runs its compiled kernels
+(steadysam.native) where a C compiler is available; one row repeats soft routing with them off
+(STEADYSAM_NATIVE=0, the PyTorch-ops fast path).
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from official_sam import SamPredictor, build_official_sam  # noqa: E402
 
-from steadysam import Predictor, build_model  # noqa: E402
+from steadysam import (  # noqa: E402
+    Predictor,
+    build_model,
+    native,  # noqa: E402
+)
 from steadysam.memory import retain_freed_memory  # noqa: E402
 from steadysam.models.build import VIT_B, attach_plugin  # noqa: E402
 from steadysam.models.config import PluginConfig  # noqa: E402
@@ -78,6 +84,17 @@ def _official_session(official: torch.nn.Module, emb: torch.Tensor):
     return clicks
 
 
+def _without_kernels(fn):
+    def clicks() -> None:
+        os.environ["STEADYSAM_NATIVE"] = "0"
+        try:
+            fn()
+        finally:
+            os.environ.pop("STEADYSAM_NATIVE")
+
+    return clicks
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--repeats", type=int, default=30)
@@ -100,10 +117,15 @@ def main() -> None:
     plain = build_model("sam_vit_b", random_init=True)
     plain.load_state_dict(official.state_dict())
     emb = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(1))
+    soft = _plugin_model(official, "soft", 0.0)
+    if os.environ.get("STEADYSAM_NATIVE") == "0":
+        raise SystemExit("unset STEADYSAM_NATIVE: one row turns the kernels off itself")
+    print(f"# plugin kernels: {native.status('plugin_kernels')}", flush=True)
     runs = {
         "official SAM": _official_session(official, emb),
         "steadysam SAM": _session(plain.eval(), emb),
-        "Stable-SAM, soft routing": _session(_plugin_model(official, "soft", 0.0), emb),
+        "Stable-SAM, soft routing": _session(soft, emb),
+        "Stable-SAM, soft routing, PyTorch ops": _without_kernels(_session(soft, emb)),
         "Stable-SAM, hard routing -> deformed": _session(_plugin_model(official, "hard", 4.0), emb),
         "Stable-SAM, hard routing -> regular": _session(_plugin_model(official, "hard", -4.0), emb),
     }
@@ -120,7 +142,7 @@ def main() -> None:
     res = {}
     for name, t in best.items():
         res[name] = {"ms": 1e3 * t, "ratio_to_steadysam_sam": t / base}
-        print(f"{name:<38} {1e3 * t:6.1f} ms per click   {t / base:.2f}x steadysam SAM", flush=True)
+        print(f"{name:<40} {1e3 * t:6.1f} ms per click   {t / base:.2f}x steadysam SAM", flush=True)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
 

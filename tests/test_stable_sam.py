@@ -15,6 +15,8 @@ from steadysam.models.build import attach_plugin, build_sam
 from steadysam.models.config import PluginConfig
 from steadysam.models.deformable_sampling import DeformableSampling
 from steadysam.models.stable_plugin import StablePlugin, is_plugin_key
+from steadysam.native import plugin_kernels
+from steadysam.native import status as native_status
 from steadysam.weights.files import (
     CheckpointError,
     describe_checkpoint,
@@ -174,15 +176,26 @@ def _random_dsp(dim: int = 32, seed: int = 7, **kwargs) -> DeformableSampling:
     return dsp
 
 
+@pytest.fixture(params=["native", "ops"])
+def inference_kernels(request, monkeypatch):
+    """Runs a test with the compiled kernels (steadysam.native; CI installs a compiler, so
+    they must build) and with the PyTorch-ops fast path they replace elsewhere."""
+    native = request.param == "native"
+    monkeypatch.setenv("STEADYSAM_NATIVE", "1" if native else "0")
+    assert (plugin_kernels() is not None) == native, native_status("plugin_kernels")
+    return request.param
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{}, {"offset_range": 3.0}, {"sample_source": "raw", "kernel_size": 3}],
     ids=["default", "bounded", "raw-k3"],
 )
-def test_inference_offsets_and_sampling_match_the_autograd_reference(kwargs):
-    """The inference path (functional offset net, row bags, split PE gathers) against the
-    module / grid_sample reference that runs under autograd, on a non-square grid, batched,
-    with a shared and a per-prompt PE; the reference's gradients reach every parameter."""
+def test_inference_offsets_and_sampling_match_the_autograd_reference(kwargs, inference_kernels):
+    """The inference path (functional offset net or the compiled head, row bags, split PE
+    gathers) against the module / grid_sample reference that runs under autograd, on a
+    non-square grid, batched, with a shared and a per-prompt PE; the reference's gradients
+    reach every parameter."""
     dsp = _random_dsp(**kwargs)
     g = torch.Generator().manual_seed(8)
     x = torch.randn(3, 12 * 10, 32, generator=g)
@@ -196,7 +209,10 @@ def test_inference_offsets_and_sampling_match_the_autograd_reference(kwargs):
             if b is None:
                 assert a is None
             else:
-                torch.testing.assert_close(a, b.detach(), atol=2e-5, rtol=1e-5)
+                # Offsets rounded differently (~1e-6 of a cell) move the samples, and the
+                # differences between neighbouring cells (~ the values' scale) scale that.
+                atol = 4e-6 * b.abs().max().item()
+                torch.testing.assert_close(a, b.detach(), atol=atol, rtol=1e-5)
     dsp.zero_grad()
     ref[0].square().sum().backward()
     for name, p in dsp.named_parameters():
@@ -219,9 +235,10 @@ def test_inference_sampling_matches_grid_sample_at_sam_size():
 
 
 @pytest.mark.parametrize("pe_mode", ["grid", "deformed"])
-def test_soft_routing_without_autograd_matches_the_reference(pe_mode):
-    """Inference (in-place mix; skip at weight 0, pick at weight 1) against the same plugin
-    under autograd, for one prompt and a batch; weights 0 and 1 come from a saturated softmax."""
+def test_soft_routing_without_autograd_matches_the_reference(pe_mode, inference_kernels):
+    """Inference (compiled sample_mix, or the in-place mix; skip at weight 0, pick at weight 1)
+    against the same plugin under autograd, for one prompt and a batch; weights 0 and 1 come
+    from a saturated softmax."""
     plugin = StablePlugin(16, PluginConfig(pe_mode=pe_mode), num_output_tokens=5).eval()
     _perturb_plugin_module(plugin.dsp)
     g = torch.Generator().manual_seed(11)
@@ -238,8 +255,8 @@ def test_soft_routing_without_autograd_matches_the_reference(pe_mode):
             torch.testing.assert_close(k, k_ref.detach(), atol=2e-5, rtol=1e-5)
             if bias < -100:  # the regular features, exactly
                 assert torch.equal(v, keys) and torch.equal(k, keys + pe)
-            if bias > 100 and pe_mode == "grid":  # the deformed features, exactly
-                with torch.no_grad():
+            if bias > 100 and pe_mode == "grid" and inference_kernels == "ops":
+                with torch.no_grad():  # the deformed features, exactly (no blend)
                     assert torch.equal(v, plugin.dsp(keys, (6, 6))[0])
 
 

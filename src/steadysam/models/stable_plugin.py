@@ -9,6 +9,8 @@ This module answers with the routed mix of deformed and regular image features
 as keys (+ positional encoding) and values. Only that attention sees x_mix: the image->token
 attention and everything after it keep the regular features x_p (Stable-SAM, final figure).
 Written as x_p plus a correction, an untrained plugin (x* = x_p, Δp = 0) returns x_p bit for bit.
+For fp32 CPU inference the sampling, the mix and the + PE run as one compiled pass per token
+(steadysam.native.sample_mix: the same function, ~2.5x faster than the ops it replaces).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import torch
 import torch.nn as nn
 
 from ..fastpath import fast_paths_enabled
+from ..native import PluginKernels, plugin_kernels
 from .config import PluginConfig
-from .deformable_sampling import DeformableSampling
+from .deformable_sampling import DeformableSampling, cpu_inference
 from .dynamic_routing import DynamicRouting
 
 # State-dict names of the plugin modules; the plugin lives inside the mask decoder.
@@ -96,11 +99,23 @@ class StablePlugin(nn.Module):
         if skip and not bool(a.any()):
             return keys + key_pe, keys
         deformed = self.pe_mode == "deformed"
+        kernels = self._mix_kernels(keys, key_pe)
+        if kernels is not None:  # sampling, routing mix and + PE in one pass (same function)
+            xs, off = self.dsp.offsets(keys, size)
+            src = xs if self.dsp.sample_source == "projected" else keys
+            values, k = kernels.sample_mix(src, keys, key_pe, off, a, size, deformed)
+            return k, values
         x_def, pe_def, _ = self.dsp(keys, size, key_pe if deformed else None)
         values = self._mix(a, x_def, keys)
         if pe_def is None:
             return values + key_pe, values
         return values + self._mix(a, pe_def, key_pe.expand_as(pe_def)), values
+
+    def _mix_kernels(self, keys: torch.Tensor, key_pe: torch.Tensor) -> PluginKernels | None:
+        """The compiled kernels for fp32 CPU inference (None elsewhere: the ops below)."""
+        if not cpu_inference(keys) or keys.dtype != torch.float32:
+            return None
+        return plugin_kernels() if key_pe.dtype == torch.float32 else None
 
     def _mix(self, a: torch.Tensor, deformed: torch.Tensor, regular: torch.Tensor) -> torch.Tensor:
         if self.routing == "hard" and not self.training:  # a is 0 or 1: pick, exactly

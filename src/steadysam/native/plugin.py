@@ -1,0 +1,119 @@
+"""Stable-SAM's plugin kernels (plugin_kernels.c) as functions on torch tensors."""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from .build import enabled, load
+
+_P, _I, _F, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+
+
+class PluginKernels:
+    """The compiled ``norm_gelu_head`` and ``sample_mix`` (float32 CPU tensors only)."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self._lib = lib
+        lib.norm_gelu_head.argtypes = [_P, _I, _I, _P, _P, _F, _P, _P, _P, _INT]
+        lib.sample_mix.argtypes = [_P, _P, _P, _INT, _INT, _P, _P, _I, _I, _I, _I, _P, _P, _INT]
+        lib.gelu.argtypes = [_P, _P, _I]
+        for fn in (lib.norm_gelu_head, lib.sample_mix, lib.gelu):
+            fn.restype = None
+
+    def norm_gelu_head(
+        self,
+        t: torch.Tensor,
+        norm: torch.nn.LayerNorm,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> torch.Tensor:
+        """``F.linear(F.gelu(norm(t)), weight, bias)`` for t ... x C (channels last) and a
+        2 x C ``weight`` -> ... x 2, one pass over t."""
+        c = t.shape[-1]
+        t = _f32(t)
+        out = t.new_empty(*t.shape[:-1], 2)
+        self._lib.norm_gelu_head(
+            t.data_ptr(),
+            t.numel() // c,
+            c,
+            _f32(norm.weight).data_ptr(),
+            _f32(norm.bias).data_ptr(),
+            norm.eps,
+            _f32(weight).data_ptr(),
+            _f32(bias).data_ptr(),
+            out.data_ptr(),
+            torch.get_num_threads(),
+        )
+        return out
+
+    def sample_mix(
+        self,
+        src: torch.Tensor,
+        keys: torch.Tensor,
+        pe: torch.Tensor,
+        offsets: torch.Tensor,
+        alpha: torch.Tensor,
+        size: tuple[int, int],
+        deformed_pe: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stable-SAM's routed keys and values in one pass (see plugin_kernels.c):
+
+            values = lerp(keys, bilinear(src, p + offsets), alpha)
+            keys'  = values + pe                              (grid PE)
+                   = values + lerp(pe, bilinear(pe, p + offsets), alpha)   (deformed PE)
+
+        src, keys: B x hw x C; pe: 1|B x hw x C; offsets: B x h x w x 2 (dx, dy) in cells;
+        alpha: B (weight of the deformed features) -> (values, keys'), each B x hw x C."""
+        b, n, c = keys.shape
+        h, w = size
+        src, keys, pe = _f32(src), _f32(keys), _f32(pe)
+        offsets, alpha = _f32(offsets), _f32(alpha.reshape(b))
+        assert src.shape == keys.shape and pe.shape[1:] == (n, c) and pe.shape[0] in (1, b)
+        assert offsets.numel() == 2 * b * n and n == h * w
+        values, keys_out = torch.empty_like(keys), torch.empty_like(keys)
+        self._lib.sample_mix(
+            src.data_ptr(),
+            keys.data_ptr(),
+            pe.data_ptr(),
+            int(pe.shape[0] != 1),
+            int(deformed_pe),
+            offsets.data_ptr(),
+            alpha.data_ptr(),
+            b,
+            h,
+            w,
+            c,
+            values.data_ptr(),
+            keys_out.data_ptr(),
+            torch.get_num_threads(),
+        )
+        return values, keys_out
+
+    def gelu(self, x: torch.Tensor) -> torch.Tensor:
+        """The GELU the head computes, elementwise (for tests)."""
+        x = _f32(x)
+        out = torch.empty_like(x)
+        self._lib.gelu(x.data_ptr(), out.data_ptr(), x.numel())
+        return out
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    if t.dtype != torch.float32 or t.device.type != "cpu":
+        raise TypeError(f"compiled kernels take float32 CPU tensors, not {t.dtype} on {t.device}")
+    return t.contiguous()
+
+
+_kernels: list[PluginKernels | None] = []
+
+
+def plugin_kernels() -> PluginKernels | None:
+    """The plugin kernels, compiled on first use; None where they are unavailable or switched
+    off (``STEADYSAM_NATIVE=0``)."""
+    if not enabled():
+        return None
+    if not _kernels:
+        lib = load("plugin_kernels")
+        _kernels.append(None if lib is None else PluginKernels(lib))
+    return _kernels[0]
