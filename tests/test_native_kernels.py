@@ -50,20 +50,24 @@ def test_gelu_matches_torch_on_a_dense_grid(kernels):
     assert out[-2] == float("inf") and out[-1].isnan()
 
 
-@pytest.mark.parametrize("c", [256, 20, 1])
-def test_norm_gelu_head_matches_the_ops(kernels, c):
-    """LayerNorm -> GELU -> 2-output linear, on rows of any width and leading shape."""
+@pytest.mark.parametrize("c,k", [(256, 5), (96, 3), (20, 5)], ids=["c256", "c96-k3", "c20"])
+def test_offset_head_matches_the_ops(kernels, c, k):
+    """Depthwise conv (zero padding) -> LayerNorm -> GELU -> 2-output linear, on a grid small
+    enough that most taps hit the border, with channel counts on and off the 64-wide blocks."""
     g = torch.Generator().manual_seed(c)
-    t = torch.randn(2, 5, 7, c, generator=g) * 3 + 1
+    b, h, w = 2, 5, 7
+    xs = torch.randn(b, h * w, c, generator=g) * 3 + 1
+    dw = nn.Conv2d(c, c, k, padding=k // 2, groups=c)
     norm = nn.LayerNorm(c)
     with torch.no_grad():
         norm.weight.copy_(torch.rand(c, generator=g) + 0.5)
         norm.bias.copy_(torch.randn(c, generator=g))
     weight, bias = torch.randn(2, c, generator=g), torch.randn(2, generator=g)
     with torch.no_grad():
+        t = dw(xs.view(b, h, w, c).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         ref = F.linear(F.gelu(norm(t)), weight, bias)
-        out = kernels.norm_gelu_head(t, norm, weight, bias)
-    assert out.shape == (2, 5, 7, 2)
+        out = kernels.offset_head(xs, (h, w), dw, norm, weight, bias)
+    assert out.shape == (b, h, w, 2)
     torch.testing.assert_close(out, ref, atol=1e-5 * ref.abs().max().item(), rtol=1e-5)
 
 
@@ -145,7 +149,7 @@ def test_a_plugin_decoder_with_kernels_matches_the_reference(kernels, monkeypatc
     points = (torch.rand(2, 3, 2, generator=g) * s, torch.tensor([[1, 0, 1], [1, 1, -1]]))
     mask = torch.randn(2, 1, s // 4, s // 4, generator=g)
     calls = []
-    for name in ("sample_mix", "norm_gelu_head"):
+    for name in ("sample_mix", "offset_head"):
         original = getattr(type(kernels), name)
         monkeypatch.setattr(
             type(kernels),
@@ -154,7 +158,7 @@ def test_a_plugin_decoder_with_kernels_matches_the_reference(kernels, monkeypatc
         )
     with torch.inference_mode():
         fast = model.decode(emb, points, None, mask)[0]
-        assert sorted(set(calls)) == ["norm_gelu_head", "sample_mix"]
+        assert sorted(set(calls)) == ["offset_head", "sample_mix"]
         with use_fast_paths(False):
             ref = model.decode(emb, points, None, mask)[0]
         monkeypatch.setenv("STEADYSAM_NATIVE", "0")
@@ -210,6 +214,6 @@ def test_the_switch_turns_the_kernels_off(fresh_build, monkeypatch):
 
 
 def test_kernels_refuse_other_dtypes(kernels):
-    t = torch.zeros(4, 8, dtype=torch.float64)
+    x = torch.zeros(1, 4, 8, dtype=torch.float64)
     with pytest.raises(TypeError, match="float32 CPU tensors"):
-        kernels.norm_gelu_head(t, nn.LayerNorm(8).double(), torch.zeros(2, 8), torch.zeros(2))
+        kernels.sample_mix(x, x, x, torch.zeros(1, 2, 2, 2), torch.zeros(1), (2, 2), False)

@@ -79,15 +79,21 @@ class DeformableSampling(nn.Module):
         dense memory and with no intermediate kept longer than it is needed.
 
         The 256 x 256 projection is one oneDNN matmul with its bias in the epilogue; the
-        depthwise conv reads x* as an NCHW view of channels-last memory and writes channels-last
-        (oneDNN's fastest layout here, ~1.4x a plain NCHW conv, no transposing copies). Then
-        LayerNorm, GELU and the 2-output layer run as one compiled pass per token
-        (steadysam.native, ~1.5x faster than the three ops) or, without a compiler, as ops
-        with GELU in place on LayerNorm's output."""
+        depthwise conv, LayerNorm, GELU and the 2-output layer then run as one compiled pass
+        (steadysam.native: the conv's output stays in a row buffer, ~1.4x faster than the ops)
+        or, without a compiler, as ops: the conv reads x* as an NCHW view of channels-last
+        memory and writes channels-last (oneDNN's fastest layout here, ~1.4x a plain NCHW
+        conv, no transposing copies) and GELU runs in place on LayerNorm's output."""
         b, n, c = x.shape
         h, w = size
         xs = fused_linear(x, self.proj.weight, self.proj.bias)
-        dw = self.dw
+        dw, norm = self.dw, self.norm
+        kernels = self._head_kernels(x)
+        if kernels is not None:  # conv, LayerNorm, GELU and the offset layer in one pass
+            off = kernels.offset_head(xs, size, dw, norm, self.offset.weight, self.offset.bias)
+            if self.offset_range is not None:
+                off = torch.tanh_(off).mul_(self.offset_range)
+            return xs, off
         t = F.conv2d(
             xs.view(b, h, w, c).permute(0, 3, 1, 2),
             dw.weight,
@@ -97,30 +103,33 @@ class DeformableSampling(nn.Module):
             dw.dilation,
             dw.groups,
         ).permute(0, 2, 3, 1)
-        norm = self.norm
-        kernels = self._head_kernels(x)
-        if kernels is not None:  # LayerNorm, GELU and the offset layer in one pass
-            off = kernels.norm_gelu_head(t, norm, self.offset.weight, self.offset.bias)
-        else:
-            t = F.layer_norm(t, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-            t = F.gelu(t, approximate=self.act.approximate, out=t)
-            # (2 x C) @ (C x bhw): MKL runs the 2-output layer this way round ~2x faster than
-            # as (bhw x C) @ (C x 2). The transposed result is a B x h x w x 2 view whose dx
-            # and dy are contiguous planes, as bilinear_bags reads them.
-            off = torch.addmm(self.offset.bias[:, None], self.offset.weight, t.reshape(-1, c).t())
-            off = off.t().view(b, h, w, 2)
+        t = F.layer_norm(t, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        t = F.gelu(t, approximate=self.act.approximate, out=t)
+        # (2 x C) @ (C x bhw): MKL runs the 2-output layer this way round ~2x faster than as
+        # (bhw x C) @ (C x 2). The transposed result is a B x h x w x 2 view whose dx and dy
+        # are contiguous planes, as bilinear_bags reads them.
+        off = torch.addmm(self.offset.bias[:, None], self.offset.weight, t.reshape(-1, c).t())
+        off = off.t().view(b, h, w, 2)
         if self.offset_range is not None:
             off = torch.tanh_(off).mul_(self.offset_range)
         return xs, off
 
     def _head_kernels(self, x: torch.Tensor) -> PluginKernels | None:
         """The compiled kernels, where they compute exactly these layers: fp32, plain
-        LayerNorm / Linear modules and the erf GELU."""
+        modules, a depthwise conv with 'same' zero padding, an affine LayerNorm, the erf GELU."""
         if x.dtype != torch.float32 or self.act.approximate != "none":
             return None
-        if not (is_plain(self.norm, nn.LayerNorm) and is_plain(self.act, nn.GELU)):
+        dw, norm = self.dw, self.norm
+        if not (
+            is_plain(dw, nn.Conv2d) and is_plain(norm, nn.LayerNorm) and is_plain(self.act, nn.GELU)
+        ):
             return None
-        if self.norm.weight is None or self.norm.bias is None:
+        k = dw.kernel_size[0]
+        same = dw.kernel_size == (k, k) and k % 2 == 1 and dw.padding == (k // 2, k // 2)
+        plain_dw = dw.stride == (1, 1) and dw.dilation == (1, 1) and dw.padding_mode == "zeros"
+        if not (same and plain_dw and dw.groups == dw.in_channels == dw.out_channels):
+            return None
+        if dw.bias is None or norm.weight is None or norm.bias is None:
             return None
         return plugin_kernels() if is_plain_linear(self.offset, x) else None
 

@@ -40,7 +40,7 @@ _FLAG_SETS = (
     ["-O3", "-fopenmp"],
     ["-O3"],
 )
-_COMMON = ["-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math", "-std=c99"]
+_COMMON = ["-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math", "-std=gnu11"]
 
 _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}

@@ -12,32 +12,44 @@ _P, _I, _F, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 
 
 class PluginKernels:
-    """The compiled ``norm_gelu_head`` and ``sample_mix`` (float32 CPU tensors only)."""
+    """The compiled ``offset_head`` and ``sample_mix`` (float32 CPU tensors only)."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         self._lib = lib
-        lib.norm_gelu_head.argtypes = [_P, _I, _I, _P, _P, _F, _P, _P, _P, _INT]
+        lib.offset_head.argtypes = [_P, _I, _I, _I, _I, _P, _P, _I, _P, _P, _F, _P, _P, _P, _INT]
+        lib.offset_head.restype = ctypes.c_int
         lib.sample_mix.argtypes = [_P, _P, _P, _INT, _INT, _P, _P, _I, _I, _I, _I, _P, _P, _INT]
         lib.gelu.argtypes = [_P, _P, _I]
-        for fn in (lib.norm_gelu_head, lib.sample_mix, lib.gelu):
+        for fn in (lib.sample_mix, lib.gelu):
             fn.restype = None
 
-    def norm_gelu_head(
+    def offset_head(
         self,
-        t: torch.Tensor,
+        xs: torch.Tensor,
+        size: tuple[int, int],
+        dw: torch.nn.Conv2d,
         norm: torch.nn.LayerNorm,
         weight: torch.Tensor,
         bias: torch.Tensor,
     ) -> torch.Tensor:
-        """``F.linear(F.gelu(norm(t)), weight, bias)`` for t ... x C (channels last) and a
-        2 x C ``weight`` -> ... x 2, one pass over t."""
-        c = t.shape[-1]
-        t = _f32(t)
-        out = t.new_empty(*t.shape[:-1], 2)
-        self._lib.norm_gelu_head(
-            t.data_ptr(),
-            t.numel() // c,
+        """``F.linear(F.gelu(norm(dw(xs))), weight, bias)`` for tokens xs B x hw x C on an
+        h x w grid, a depthwise k x k ``dw`` with zero padding k // 2 and a 2 x C ``weight``
+        -> B x h x w x 2, without a full-size intermediate map."""
+        b, n, c = xs.shape
+        h, w = size
+        k = dw.kernel_size[0]
+        assert n == h * w and dw.weight.shape == (c, 1, k, k) and weight.shape == (2, c)
+        taps = _f32(dw.weight).view(c, k * k).t().contiguous()  # (k * k) x C, tap-major
+        out = xs.new_empty(b, h, w, 2)
+        failed = self._lib.offset_head(
+            _f32(xs).data_ptr(),
+            b,
+            h,
+            w,
             c,
+            taps.data_ptr(),
+            _f32(dw.bias).data_ptr(),
+            k,
             _f32(norm.weight).data_ptr(),
             _f32(norm.bias).data_ptr(),
             norm.eps,
@@ -46,6 +58,8 @@ class PluginKernels:
             out.data_ptr(),
             torch.get_num_threads(),
         )
+        if failed:
+            raise MemoryError(f"offset_head: no memory for {w} x {c} row buffers")
         return out
 
     def sample_mix(

@@ -2,7 +2,7 @@
  * B x h x w x C image tokens (channels-last, float32, contiguous) into one pass per token, so
  * the intermediates stay in L1 instead of travelling to memory and back.
  *
- *   norm_gelu_head: LayerNorm -> GELU (erf) -> linear to the 2 offset channels
+ *   offset_head: k x k depthwise conv -> LayerNorm -> GELU (erf) -> linear to 2 offsets
  *   sample_mix:  bilinear sampling at cell centre + offset (grid_sample, border padding,
  *                align_corners False) -> lerp with the regular tokens -> + positional encoding
  *
@@ -12,6 +12,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 /* erf for float: a rational approximation on [-4, 4] (|erf| rounds to 1 beyond), odd
  * numerator of degree 13 over an even denominator of degree 8; max error ~1e-7 on the
@@ -41,9 +42,8 @@ void gelu(const float *restrict x, float *restrict y, int64_t n) {
         y[i] = 0.5f * x[i] * (1.0f + erf_approx(x[i] * 0.70710678118654752f));
 }
 
-/* offsets[i, j] = ob[j] + sum_c ow[j, c] * gelu(layer_norm(t[i]))[c] for the N x C rows of t
- * (the depthwise conv's output, channels-last): LayerNorm, GELU and the 2-output linear in
- * one pass per token. */
+/* out[j] = ob[j] + sum_c ow[j, c] * gelu(layer_norm(row))[c] for one token's C channels:
+ * LayerNorm, GELU and the 2-output linear in one pass over the row (in L1). */
 static inline void norm_gelu_head_row(const float *restrict row, int64_t C,
                                       const float *restrict ln_w, const float *restrict ln_b,
                                       float eps, const float *restrict ow,
@@ -71,12 +71,94 @@ static inline void norm_gelu_head_row(const float *restrict row, int64_t C,
     out[1] = ob[1] + o1;
 }
 
-void norm_gelu_head(const float *restrict t, int64_t N, int64_t C, const float *restrict ln_w,
-                    const float *restrict ln_b, float eps, const float *restrict ow,
-                    const float *restrict ob, float *restrict out, int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t i = 0; i < N; i++)
-        norm_gelu_head_row(t + i * C, C, ln_w, ln_b, eps, ow, ob, out + 2 * i);
+/* 16 floats: one AVX-512 register (two AVX2 or four SSE ones elsewhere). */
+typedef float v16 __attribute__((vector_size(64)));
+
+static inline v16 load16(const float *p) {
+    v16 v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void store16(float *p, v16 v) { __builtin_memcpy(p, &v, sizeof v); }
+
+/* Row y of the depthwise k x k conv (zero padding k / 2) of xs (B x h x w x C), channels
+ * [c0, c0 + 64), into trow (w x C). The four accumulators stay in registers over all taps,
+ * and the block's weights (k * k * 64 floats) stay in L1 while x sweeps the row. */
+static inline void dw_row_block64(const float *restrict xs, int64_t b, int64_t y, int64_t h,
+                                  int64_t w, int64_t C, const float *restrict dw_w,
+                                  const float *restrict dw_b, int64_t k, int64_t c0,
+                                  float *restrict trow) {
+    const int64_t r = k / 2;
+    const int64_t y0 = y - r < 0 ? 0 : y - r, y1 = y + r >= h ? h - 1 : y + r;
+    for (int64_t x = 0; x < w; x++) {
+        const int64_t x0 = x - r < 0 ? 0 : x - r, x1 = x + r >= w ? w - 1 : x + r;
+        v16 a0 = load16(dw_b + c0), a1 = load16(dw_b + c0 + 16);
+        v16 a2 = load16(dw_b + c0 + 32), a3 = load16(dw_b + c0 + 48);
+        for (int64_t yy = y0; yy <= y1; yy++) {
+            const float *in = xs + ((b * h + yy) * w + x0) * C + c0;
+            const float *wt = dw_w + ((yy - y + r) * k + (x0 - x + r)) * C + c0;
+            for (int64_t xx = x0; xx <= x1; xx++, in += C, wt += C) {
+                a0 += load16(wt) * load16(in);
+                a1 += load16(wt + 16) * load16(in + 16);
+                a2 += load16(wt + 32) * load16(in + 32);
+                a3 += load16(wt + 48) * load16(in + 48);
+            }
+        }
+        float *t = trow + x * C + c0;
+        store16(t, a0);
+        store16(t + 16, a1);
+        store16(t + 32, a2);
+        store16(t + 48, a3);
+    }
+}
+
+/* The same for one channel c (widths that are not a multiple of 64). */
+static inline void dw_row_channel(const float *restrict xs, int64_t b, int64_t y, int64_t h,
+                                  int64_t w, int64_t C, const float *restrict dw_w,
+                                  const float *restrict dw_b, int64_t k, int64_t c,
+                                  float *restrict trow) {
+    const int64_t r = k / 2;
+    const int64_t y0 = y - r < 0 ? 0 : y - r, y1 = y + r >= h ? h - 1 : y + r;
+    for (int64_t x = 0; x < w; x++) {
+        const int64_t x0 = x - r < 0 ? 0 : x - r, x1 = x + r >= w ? w - 1 : x + r;
+        float acc = dw_b[c];
+        for (int64_t yy = y0; yy <= y1; yy++)
+            for (int64_t xx = x0; xx <= x1; xx++)
+                acc += dw_w[((yy - y + r) * k + (xx - x + r)) * C + c] *
+                       xs[((b * h + yy) * w + xx) * C + c];
+        trow[x * C + c] = acc;
+    }
+}
+
+/* offsets = the head (norm_gelu_head_row) of depthwise_conv(xs), xs B x h x w x C (channels
+ * last): the conv's output lives one row at a time in a per-thread buffer (w x C) instead of a
+ * full-size map written to memory and read back. dw_w: (k * k) x C, tap-major; dw_b: C;
+ * out: B x h x w x 2. Returns 0, or 1 when the row buffers could not be allocated. */
+int offset_head(const float *restrict xs, int64_t B, int64_t h, int64_t w, int64_t C,
+                const float *restrict dw_w, const float *restrict dw_b, int64_t k,
+                const float *restrict ln_w, const float *restrict ln_b, float eps,
+                const float *restrict ow, const float *restrict ob, float *restrict out,
+                int threads) {
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *trow = (float *)malloc((size_t)(w * C) * sizeof(float));
+        failed = trow == NULL;
+#pragma omp for schedule(static)
+        for (int64_t row = 0; row < B * h; row++) {
+            if (trow == NULL) continue;
+            const int64_t b = row / h, y = row % h;
+            int64_t c0 = 0;
+            for (; c0 + 64 <= C; c0 += 64) dw_row_block64(xs, b, y, h, w, C, dw_w, dw_b, k, c0, trow);
+            for (; c0 < C; c0++) dw_row_channel(xs, b, y, h, w, C, dw_w, dw_b, k, c0, trow);
+            for (int64_t x = 0; x < w; x++)
+                norm_gelu_head_row(trow + x * C, C, ln_w, ln_b, eps, ow, ob,
+                                   out + (row * w + x) * 2);
+        }
+        free(trow);
+    }
+    return failed;
 }
 
 /* torch.lerp(start, end, weight) for a scalar weight, exactly as ATen computes it (so a
