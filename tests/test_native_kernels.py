@@ -14,6 +14,7 @@ from steadysam import use_fast_paths
 from steadysam.models.build import attach_plugin, build_sam
 from steadysam.models.config import PluginConfig
 from steadysam.models.deformable_sampling import bilinear_bags, gather_bags
+from steadysam.models.dynamic_routing import DynamicRouting
 from steadysam.native import build as native_build
 from steadysam.native import plugin as native_plugin
 from steadysam.native import plugin_kernels, status
@@ -52,10 +53,11 @@ def test_gelu_matches_torch_on_a_dense_grid(kernels):
 
 @pytest.mark.parametrize("c,k", [(256, 5), (96, 3), (20, 5)], ids=["c256", "c96-k3", "c20"])
 def test_offset_head_matches_the_ops(kernels, c, k):
-    """Depthwise conv (zero padding) -> LayerNorm -> GELU -> 2-output linear, on a grid small
-    enough that most taps hit the border, with channel counts on and off the 64-wide blocks."""
+    """Depthwise conv (zero padding) -> LayerNorm -> GELU -> 2-output linear, on a grid where
+    many taps hit the border and rows hold both border outputs and interior runs of four, with
+    channel counts on and off the 16- and 64-wide blocks."""
     g = torch.Generator().manual_seed(c)
-    b, h, w = 2, 5, 7
+    b, h, w = 2, 5, 13
     xs = torch.randn(b, h * w, c, generator=g) * 3 + 1
     dw = nn.Conv2d(c, c, k, padding=k // 2, groups=c)
     norm = nn.LayerNorm(c)
@@ -217,3 +219,25 @@ def test_kernels_refuse_other_dtypes(kernels):
     x = torch.zeros(1, 4, 8, dtype=torch.float64)
     with pytest.raises(TypeError, match="float32 CPU tensors"):
         kernels.sample_mix(x, x, x, torch.zeros(1, 2, 2, 2), torch.zeros(1), (2, 2), False)
+
+
+def test_router_kernel_matches_the_ops(kernels, monkeypatch):
+    """The router's MLP + softmax, for a batch whose weights range from even to saturated."""
+    router = DynamicRouting(64, 16)
+    g = torch.Generator().manual_seed(12)
+    with torch.no_grad():
+        for p in router.parameters():
+            p.add_(torch.randn(p.shape, generator=g))
+    tokens = torch.randn(4, 64, generator=g) * torch.tensor([[0.01], [1.0], [3.0], [30.0]])
+    calls = []
+    original = type(kernels).route_mlp
+    monkeypatch.setattr(
+        type(kernels), "route_mlp", lambda self, *a: calls.append(1) or original(self, *a)
+    )
+    with torch.inference_mode():
+        fast = router(tokens)
+        with use_fast_paths(False):
+            ref = router(tokens)
+    assert calls == [1]
+    torch.testing.assert_close(fast, ref, atol=1e-6, rtol=1e-5)
+    assert fast.sum(-1).sub(1).abs().max() < 1e-6

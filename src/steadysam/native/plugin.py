@@ -12,7 +12,8 @@ _P, _I, _F, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 
 
 class PluginKernels:
-    """The compiled ``offset_head`` and ``sample_mix`` (float32 CPU tensors only)."""
+    """The compiled ``offset_head``, ``route_mlp`` and ``sample_mix`` (float32 CPU tensors
+    only)."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         self._lib = lib
@@ -20,7 +21,8 @@ class PluginKernels:
         lib.offset_head.restype = ctypes.c_int
         lib.sample_mix.argtypes = [_P, _P, _P, _INT, _INT, _P, _P, _I, _I, _I, _I, _P, _P, _INT]
         lib.gelu.argtypes = [_P, _P, _I]
-        for fn in (lib.sample_mix, lib.gelu):
+        lib.route_mlp.argtypes = [_P, _I, _I, _P, _P, _I, _P, _P, _F, _P, _P, _P]
+        for fn in (lib.sample_mix, lib.gelu, lib.route_mlp):
             fn.restype = None
 
     def offset_head(
@@ -104,6 +106,36 @@ class PluginKernels:
             torch.get_num_threads(),
         )
         return values, keys_out
+
+    def route_mlp(
+        self,
+        token: torch.Tensor,
+        fc1: torch.nn.Linear,
+        norm: torch.nn.LayerNorm,
+        fc2: torch.nn.Linear,
+    ) -> torch.Tensor:
+        """``fc2(gelu(norm(fc1(token)))).softmax(-1)`` for B x C tokens and a 2-output fc2
+        -> B x 2."""
+        b, c = token.shape
+        hidden = fc1.out_features
+        assert fc1.in_features == c and fc2.in_features == hidden and fc2.out_features == 2
+        token = _f32(token)
+        out = token.new_empty(b, 2)
+        self._lib.route_mlp(
+            token.data_ptr(),
+            b,
+            c,
+            _f32(fc1.weight).data_ptr(),
+            _f32(fc1.bias).data_ptr(),
+            hidden,
+            _f32(norm.weight).data_ptr(),
+            _f32(norm.bias).data_ptr(),
+            norm.eps,
+            _f32(fc2.weight).data_ptr(),
+            _f32(fc2.bias).data_ptr(),
+            out.data_ptr(),
+        )
+        return out
 
     def gelu(self, x: torch.Tensor) -> torch.Tensor:
         """The GELU the head computes, elementwise (for tests)."""

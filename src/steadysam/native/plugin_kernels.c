@@ -3,6 +3,7 @@
  * the intermediates stay in L1 instead of travelling to memory and back.
  *
  *   offset_head: k x k depthwise conv -> LayerNorm -> GELU (erf) -> linear to 2 offsets
+ *   route_mlp:   the router's small MLP and softmax
  *   sample_mix:  bilinear sampling at cell centre + offset (grid_sample, border padding,
  *                align_corners False) -> lerp with the regular tokens -> + positional encoding
  *
@@ -113,6 +114,50 @@ static inline void dw_row_block64(const float *restrict xs, int64_t b, int64_t y
     }
 }
 
+/* Row y of the 5 x 5 depthwise conv (zero padding 2), channels [c0, c0 + 16): the 25 weight
+ * vectors are loaded once per row, and away from the left / right border four outputs are
+ * computed together, so that each input vector is loaded once for the up to four outputs that
+ * use it (a quarter of the loads of one output at a time, four independent sums). */
+static inline void dw_row_block16_k5(const float *restrict xs, int64_t b, int64_t y, int64_t h,
+                                     int64_t w, int64_t C, const float *restrict dw_w,
+                                     const float *restrict dw_b, int64_t c0,
+                                     float *restrict trow) {
+    v16 wr[25];
+    for (int i = 0; i < 25; i++) wr[i] = load16(dw_w + i * C + c0);
+    const v16 bias = load16(dw_b + c0);
+    const int64_t ky0 = y < 2 ? 2 - y : 0, ky1 = y + 2 >= h ? 2 + (h - 1 - y) : 4;
+    int64_t x = 0;
+    for (; x < w; x++) {
+        if (x >= 2 && x + 5 < w) { /* four interior outputs x .. x + 3 */
+            v16 a0 = bias, a1 = bias, a2 = bias, a3 = bias;
+            for (int64_t ky = ky0; ky <= ky1; ky++) {
+                const float *in = xs + ((b * h + y + ky - 2) * w + x - 2) * C + c0;
+                const v16 *wk = wr + ky * 5;
+                v16 i[8];
+                for (int j = 0; j < 8; j++) i[j] = load16(in + j * C);
+                for (int j = 0; j < 5; j++) {
+                    a0 += wk[j] * i[j];
+                    a1 += wk[j] * i[j + 1];
+                    a2 += wk[j] * i[j + 2];
+                    a3 += wk[j] * i[j + 3];
+                }
+            }
+            store16(trow + x * C + c0, a0);
+            store16(trow + (x + 1) * C + c0, a1);
+            store16(trow + (x + 2) * C + c0, a2);
+            store16(trow + (x + 3) * C + c0, a3);
+            x += 3;
+            continue;
+        }
+        const int64_t kx0 = x < 2 ? 2 - x : 0, kx1 = x + 2 >= w ? 2 + (w - 1 - x) : 4;
+        v16 acc = bias;
+        for (int64_t ky = ky0; ky <= ky1; ky++)
+            for (int64_t kx = kx0; kx <= kx1; kx++)
+                acc += wr[ky * 5 + kx] * load16(xs + ((b * h + y + ky - 2) * w + x + kx - 2) * C + c0);
+        store16(trow + x * C + c0, acc);
+    }
+}
+
 /* The same for one channel c (widths that are not a multiple of 64). */
 static inline void dw_row_channel(const float *restrict xs, int64_t b, int64_t y, int64_t h,
                                   int64_t w, int64_t C, const float *restrict dw_w,
@@ -150,6 +195,9 @@ int offset_head(const float *restrict xs, int64_t B, int64_t h, int64_t w, int64
             if (trow == NULL) continue;
             const int64_t b = row / h, y = row % h;
             int64_t c0 = 0;
+            if (k == 5)
+                for (; c0 + 16 <= C; c0 += 16)
+                    dw_row_block16_k5(xs, b, y, h, w, C, dw_w, dw_b, c0, trow);
             for (; c0 + 64 <= C; c0 += 64) dw_row_block64(xs, b, y, h, w, C, dw_w, dw_b, k, c0, trow);
             for (; c0 < C; c0++) dw_row_channel(xs, b, y, h, w, C, dw_w, dw_b, k, c0, trow);
             for (int64_t x = 0; x < w; x++)
@@ -159,6 +207,31 @@ int offset_head(const float *restrict xs, int64_t B, int64_t h, int64_t w, int64
         free(trow);
     }
     return failed;
+}
+
+/* Stable-SAM's router for B tokens (B x C): softmax(fc2(gelu(layer_norm(fc1(token))))) -> out
+ * B x 2. w1: H x C, b1, ln_w, ln_b: H; w2: 2 x H; b2: 2. A few thousand multiply-adds: one
+ * thread, no allocation (the PyTorch ops cost ~20x more in dispatch than in arithmetic). */
+void route_mlp(const float *restrict token, int64_t B, int64_t C, const float *restrict w1,
+               const float *restrict b1, int64_t H, const float *restrict ln_w,
+               const float *restrict ln_b, float eps, const float *restrict w2,
+               const float *restrict b2, float *restrict out) {
+    float hid[H];
+    for (int64_t b = 0; b < B; b++) {
+        const float *restrict x = token + b * C;
+        for (int64_t j = 0; j < H; j++) {
+            float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+            for (int64_t c = 0; c < C; c++) acc += w1[j * C + c] * x[c];
+            hid[j] = b1[j] + acc;
+        }
+        float o[2];
+        norm_gelu_head_row(hid, H, ln_w, ln_b, eps, w2, b2, o);
+        const float m = o[0] > o[1] ? o[0] : o[1];
+        const float e0 = expf(o[0] - m), e1 = expf(o[1] - m);
+        out[2 * b] = e0 / (e0 + e1);
+        out[2 * b + 1] = e1 / (e0 + e1);
+    }
 }
 
 /* torch.lerp(start, end, weight) for a scalar weight, exactly as ATen computes it (so a
