@@ -1,7 +1,7 @@
 """What Stable-SAM's plugin costs per click: SAM ViT-B with and without the plugin, same weights,
 side by side in one run (and official segment-anything's click for reference).
 
-    python bench/bench_stable_sam.py            # 30 interleaved repeats of a 3-click object
+    python bench/bench_stable_sam.py            # 40 interleaved repeats of a 3-click object
 
 A click = prompt encoder + mask decoder + upsampling to the image size, as in bench_sam.py, on
 a DAVIS frame (854x480), with a fixed 64x64 embedding (the encoder is not timed: the plugin
@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -99,7 +100,7 @@ def _without_kernels(fn):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--repeats", type=int, default=40)
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--json", type=Path, help="also write the results to this file")
     args = ap.parse_args()
@@ -135,8 +136,12 @@ def main() -> None:
     with torch.inference_mode():
         for fn in runs.values():
             fn()  # warm-up
-        for _ in range(args.repeats):  # interleaved so all see the same machine state
-            for name, fn in runs.items():
+        order = list(runs)
+        rng = random.Random(0)
+        for _ in range(args.repeats):  # interleaved so all see the same machine state, in a
+            rng.shuffle(order)  # new order each time: no row always follows the same one
+            for name in order:
+                fn = runs[name]
                 t = time.perf_counter()
                 fn()
                 times[name].append((time.perf_counter() - t) / len(CLICKS))
