@@ -32,13 +32,19 @@ ENV_VAR = "STEADYSAM_FAST_PATHS"
 _local = threading.local()
 
 
-def _default() -> bool:
-    value = os.environ.get(ENV_VAR, "1").strip().lower()
+def env_switch(name: str) -> bool:
+    """An on/off environment variable that defaults to on: 1/true/yes/on or unset, 0/false/no/off;
+    anything else is a ValueError naming the variable."""
+    value = os.environ.get(name, "1").strip().lower()
     if value in ("1", "true", "yes", "on", ""):
         return True
     if value in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"{ENV_VAR} must be 0 or 1, not {value!r}")
+    raise ValueError(f"{name} must be 0 or 1, not {value!r}")
+
+
+def _default() -> bool:
+    return env_switch(ENV_VAR)
 
 
 def fast_paths_enabled() -> bool:

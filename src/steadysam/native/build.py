@@ -27,6 +27,7 @@ import threading
 from pathlib import Path
 
 from ..atomic import atomic_path
+from ..fastpath import env_switch
 
 ENV_VAR = "STEADYSAM_NATIVE"
 _HERE = Path(__file__).resolve().parent
@@ -49,12 +50,7 @@ _reasons: dict[str, str] = {}
 
 def enabled() -> bool:
     """Whether compiled kernels may be used (``STEADYSAM_NATIVE``, default 1)."""
-    value = os.environ.get(ENV_VAR, "1").strip().lower()
-    if value in ("1", "true", "yes", "on", ""):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{ENV_VAR} must be 0 or 1, not {value!r}")
+    return env_switch(ENV_VAR)
 
 
 def load(name: str) -> ctypes.CDLL | None:

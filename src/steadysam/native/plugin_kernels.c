@@ -83,37 +83,6 @@ static inline v16 load16(const float *p) {
 
 static inline void store16(float *p, v16 v) { __builtin_memcpy(p, &v, sizeof v); }
 
-/* Row y of the depthwise k x k conv (zero padding k / 2) of xs (B x h x w x C), channels
- * [c0, c0 + 64), into trow (w x C). The four accumulators stay in registers over all taps,
- * and the block's weights (k * k * 64 floats) stay in L1 while x sweeps the row. */
-static inline void dw_row_block64(const float *restrict xs, int64_t b, int64_t y, int64_t h,
-                                  int64_t w, int64_t C, const float *restrict dw_w,
-                                  const float *restrict dw_b, int64_t k, int64_t c0,
-                                  float *restrict trow) {
-    const int64_t r = k / 2;
-    const int64_t y0 = y - r < 0 ? 0 : y - r, y1 = y + r >= h ? h - 1 : y + r;
-    for (int64_t x = 0; x < w; x++) {
-        const int64_t x0 = x - r < 0 ? 0 : x - r, x1 = x + r >= w ? w - 1 : x + r;
-        v16 a0 = load16(dw_b + c0), a1 = load16(dw_b + c0 + 16);
-        v16 a2 = load16(dw_b + c0 + 32), a3 = load16(dw_b + c0 + 48);
-        for (int64_t yy = y0; yy <= y1; yy++) {
-            const float *in = xs + ((b * h + yy) * w + x0) * C + c0;
-            const float *wt = dw_w + ((yy - y + r) * k + (x0 - x + r)) * C + c0;
-            for (int64_t xx = x0; xx <= x1; xx++, in += C, wt += C) {
-                a0 += load16(wt) * load16(in);
-                a1 += load16(wt + 16) * load16(in + 16);
-                a2 += load16(wt + 32) * load16(in + 32);
-                a3 += load16(wt + 48) * load16(in + 48);
-            }
-        }
-        float *t = trow + x * C + c0;
-        store16(t, a0);
-        store16(t + 16, a1);
-        store16(t + 32, a2);
-        store16(t + 48, a3);
-    }
-}
-
 /* Row y of the 5 x 5 depthwise conv (zero padding 2), channels [c0, c0 + 16): the 25 weight
  * vectors are loaded once per row, and away from the left / right border four outputs are
  * computed together, so that each input vector is loaded once for the up to four outputs that
@@ -153,26 +122,32 @@ static inline void dw_row_block16_k5(const float *restrict xs, int64_t b, int64_
         v16 acc = bias;
         for (int64_t ky = ky0; ky <= ky1; ky++)
             for (int64_t kx = kx0; kx <= kx1; kx++)
-                acc += wr[ky * 5 + kx] * load16(xs + ((b * h + y + ky - 2) * w + x + kx - 2) * C + c0);
+                acc += wr[ky * 5 + kx] *
+                       load16(xs + ((b * h + y + ky - 2) * w + x + kx - 2) * C + c0);
         store16(trow + x * C + c0, acc);
     }
 }
 
-/* The same for one channel c (widths that are not a multiple of 64). */
-static inline void dw_row_channel(const float *restrict xs, int64_t b, int64_t y, int64_t h,
+/* Row y of any odd k x k depthwise conv (zero padding k / 2) of xs (B x h x w x C), channels
+ * [c0, c0 + n) with n <= 16, into trow (w x C): what the 5 x 5 blocks above do not cover. */
+static inline void dw_row_generic(const float *restrict xs, int64_t b, int64_t y, int64_t h,
                                   int64_t w, int64_t C, const float *restrict dw_w,
-                                  const float *restrict dw_b, int64_t k, int64_t c,
+                                  const float *restrict dw_b, int64_t k, int64_t c0, int64_t n,
                                   float *restrict trow) {
     const int64_t r = k / 2;
     const int64_t y0 = y - r < 0 ? 0 : y - r, y1 = y + r >= h ? h - 1 : y + r;
     for (int64_t x = 0; x < w; x++) {
         const int64_t x0 = x - r < 0 ? 0 : x - r, x1 = x + r >= w ? w - 1 : x + r;
-        float acc = dw_b[c];
-        for (int64_t yy = y0; yy <= y1; yy++)
-            for (int64_t xx = x0; xx <= x1; xx++)
-                acc += dw_w[((yy - y + r) * k + (xx - x + r)) * C + c] *
-                       xs[((b * h + yy) * w + xx) * C + c];
-        trow[x * C + c] = acc;
+        float acc[16];
+        for (int64_t j = 0; j < n; j++) acc[j] = dw_b[c0 + j];
+        for (int64_t yy = y0; yy <= y1; yy++) {
+            for (int64_t xx = x0; xx <= x1; xx++) {
+                const float *in = xs + ((b * h + yy) * w + xx) * C + c0;
+                const float *wt = dw_w + ((yy - y + r) * k + (xx - x + r)) * C + c0;
+                for (int64_t j = 0; j < n; j++) acc[j] += wt[j] * in[j];
+            }
+        }
+        for (int64_t j = 0; j < n; j++) trow[x * C + c0 + j] = acc[j];
     }
 }
 
@@ -198,8 +173,9 @@ int offset_head(const float *restrict xs, int64_t B, int64_t h, int64_t w, int64
             if (k == 5)
                 for (; c0 + 16 <= C; c0 += 16)
                     dw_row_block16_k5(xs, b, y, h, w, C, dw_w, dw_b, c0, trow);
-            for (; c0 + 64 <= C; c0 += 64) dw_row_block64(xs, b, y, h, w, C, dw_w, dw_b, k, c0, trow);
-            for (; c0 < C; c0++) dw_row_channel(xs, b, y, h, w, C, dw_w, dw_b, k, c0, trow);
+            for (; c0 < C; c0 += 16)
+                dw_row_generic(xs, b, y, h, w, C, dw_w, dw_b, k, c0, C - c0 < 16 ? C - c0 : 16,
+                               trow);
             for (int64_t x = 0; x < w; x++)
                 norm_gelu_head_row(trow + x * C, C, ln_w, ln_b, eps, ow, ob,
                                    out + (row * w + x) * 2);
