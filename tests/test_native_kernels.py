@@ -241,3 +241,24 @@ def test_router_kernel_matches_the_ops(kernels, monkeypatch):
     assert calls == [1]
     torch.testing.assert_close(fast, ref, atol=1e-6, rtol=1e-5)
     assert fast.sum(-1).sub(1).abs().max() < 1e-6
+
+
+def test_kernels_take_strided_inputs(kernels):
+    """Views that are not contiguous (a token column, a transposed map) are copied for the
+    call and give the same results."""
+    g = torch.Generator().manual_seed(13)
+    c, h, w = 32, 4, 6
+    xs = torch.randn(1, c, h * w, generator=g).transpose(1, 2)  # B x hw x C, strided
+    dw, norm = nn.Conv2d(c, c, 5, padding=2, groups=c), nn.LayerNorm(c)
+    weight, bias = torch.randn(2, c, generator=g), torch.randn(2, generator=g)
+    with torch.no_grad():
+        strided = kernels.offset_head(xs, (h, w), dw, norm, weight, bias)
+        dense = kernels.offset_head(xs.contiguous(), (h, w), dw, norm, weight, bias)
+    assert not xs.is_contiguous() and torch.equal(strided, dense)
+    router = DynamicRouting(c, 8)
+    queries = torch.randn(3, 5, c, generator=g)
+    token = queries[:, 1]  # what the plugin routes on: a strided view
+    with torch.no_grad():
+        out = kernels.route_mlp(token, router.fc1, router.norm, router.fc2)
+        ref = kernels.route_mlp(token.contiguous(), router.fc1, router.norm, router.fc2)
+    assert not token.is_contiguous() and torch.equal(out, ref)

@@ -42,21 +42,24 @@ class PluginKernels:
         k = dw.kernel_size[0]
         assert n == h * w and dw.weight.shape == (c, 1, k, k) and weight.shape == (2, c)
         taps = _f32(dw.weight).view(c, k * k).t().contiguous()  # (k * k) x C, tap-major
+        # Locals: a contiguous copy must outlive the call that reads its pointer.
+        xs, dw_b, ln_w, ln_b = _f32(xs), _f32(dw.bias), _f32(norm.weight), _f32(norm.bias)
+        weight, bias = _f32(weight), _f32(bias)
         out = xs.new_empty(b, h, w, 2)
         failed = self._lib.offset_head(
-            _f32(xs).data_ptr(),
+            xs.data_ptr(),
             b,
             h,
             w,
             c,
             taps.data_ptr(),
-            _f32(dw.bias).data_ptr(),
+            dw_b.data_ptr(),
             k,
-            _f32(norm.weight).data_ptr(),
-            _f32(norm.bias).data_ptr(),
+            ln_w.data_ptr(),
+            ln_b.data_ptr(),
             norm.eps,
-            _f32(weight).data_ptr(),
-            _f32(bias).data_ptr(),
+            weight.data_ptr(),
+            bias.data_ptr(),
             out.data_ptr(),
             torch.get_num_threads(),
         )
@@ -119,20 +122,21 @@ class PluginKernels:
         b, c = token.shape
         hidden = fc1.out_features
         assert fc1.in_features == c and fc2.in_features == hidden and fc2.out_features == 2
-        token = _f32(token)
+        token, w1, b1 = _f32(token), _f32(fc1.weight), _f32(fc1.bias)
+        ln_w, ln_b, w2, b2 = _f32(norm.weight), _f32(norm.bias), _f32(fc2.weight), _f32(fc2.bias)
         out = token.new_empty(b, 2)
         self._lib.route_mlp(
             token.data_ptr(),
             b,
             c,
-            _f32(fc1.weight).data_ptr(),
-            _f32(fc1.bias).data_ptr(),
+            w1.data_ptr(),
+            b1.data_ptr(),
             hidden,
-            _f32(norm.weight).data_ptr(),
-            _f32(norm.bias).data_ptr(),
+            ln_w.data_ptr(),
+            ln_b.data_ptr(),
             norm.eps,
-            _f32(fc2.weight).data_ptr(),
-            _f32(fc2.bias).data_ptr(),
+            w2.data_ptr(),
+            b2.data_ptr(),
             out.data_ptr(),
         )
         return out
