@@ -12,7 +12,6 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
+from .interaction import Interaction, InteractionState
 from .memory import retain_freed_memory
 from .models.sam import Sam
 from .modes import MODES
@@ -613,23 +613,12 @@ def _mask_logits(value: Any, name: str, shape: tuple[int | None, ...]) -> Any:
     return value
 
 
-@dataclass
-class _State:
-    clicks: tuple[tuple[float, float, bool], ...] = ()
-    box: tuple[float, float, float, float] | None = None
-    logits: torch.Tensor | None = None  # 1 x 1 x h x w low-res logits of the last prediction
-    embedding: torch.Tensor | None = None  # refined embedding (FocSAM), None before the refiner
-    mask: np.ndarray | None = None
-
-
-class ObjectSession:
-    """One object's interaction on the predictor's current image.
-
-    ``click`` and ``set_box`` return the H x W boolean mask at original resolution; ``undo``
-    restores the previous state exactly (including the unrefined embedding when it undoes the
-    click that ran the refiner)."""
+class ObjectSession(Interaction):
+    """One object's interaction on the predictor's current image (steadysam.interaction:
+    ``click``, ``set_box``, ``undo``, ``reset`` and the state)."""
 
     def __init__(self, predictor: Predictor, mode: str, refine_at: int | None) -> None:
+        super().__init__()
         self.predictor = predictor
         self.model = predictor.net  # what runs: the model or its bf16 twin
         self.frame = predictor._require_frame()
@@ -642,55 +631,13 @@ class ObjectSession:
         self.mode = mode
         self.refine_at = refine_at if self.model.refiner is not None else None
         self.timings = {"decoder": time.perf_counter() - start if self._hq else 0.0, "refiner": 0.0}
-        self._history: list[_State] = [_State()]
 
-    @property
-    def _state(self) -> _State:
-        return self._history[-1]
+    def _check_click(self, x: float, y: float) -> None:
+        _check_points(_numbers([[x, y]], "click"), self.frame.original_size, lambda i: "click")
 
-    @property
-    def clicks(self) -> list[tuple[float, float, bool]]:
-        return list(self._state.clicks)
-
-    @property
-    def box(self) -> tuple[float, float, float, float] | None:
-        return self._state.box
-
-    @property
-    def logits(self) -> torch.Tensor | None:
-        return self._state.logits
-
-    @property
-    def mask(self) -> np.ndarray | None:
-        return self._state.mask
-
-    @property
-    def refined(self) -> bool:
-        return self._state.embedding is not None
-
-    def click(self, x: float, y: float, positive: bool = True) -> np.ndarray:
-        """Add a click at (x, y) in original image pixels (column, row), 0 <= x < W and
-        0 <= y < H."""
-        xy = _numbers([[x, y]], "click")
-        _check_points(xy, self.frame.original_size, lambda i: "click")
-        clicks = self._state.clicks + ((float(x), float(y), bool(positive)),)
-        return self._predict(clicks, self._state.box)
-
-    def set_box(self, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
-        """Set (or replace) the object's box prompt, in original pixels (x0, y0, x1, y1), with
-        x1 > x0, y1 > y0 and some overlap with the image."""
+    def _check_box(self, x0: float, y0: float, x1: float, y1: float) -> None:
         b = _numbers([[x0, y0, x1, y1]], "box")
         _check_boxes(b, self.frame.original_size, lambda i: "box", inclusive=False)
-        return self._predict(self._state.clicks, (float(x0), float(y0), float(x1), float(y1)))
-
-    def undo(self) -> np.ndarray | None:
-        """Remove the last interaction; returns the mask before it (None when back at start)."""
-        if len(self._history) > 1:
-            self._history.pop()
-        return self._state.mask
-
-    def reset(self) -> None:
-        self._history = [_State()]
 
     @torch.inference_mode()
     def _predict(
@@ -737,5 +684,5 @@ class ObjectSession:
             low_res = low_res[:, best : best + 1]
         mask = (frame.logits_to_original(low_res)[0, 0] > model.mask_threshold).cpu().numpy()
         self.timings["decoder"] += time.perf_counter() - start
-        self._history.append(_State(clicks, box, low_res, embedding, mask))
+        self._history.append(InteractionState(clicks, box, low_res, embedding, mask))
         return mask

@@ -117,12 +117,12 @@ class DeformableSampling(nn.Module):
     def _head_kernels(self, x: torch.Tensor) -> PluginKernels | None:
         """The compiled kernels, where they compute exactly these layers: fp32, plain
         modules, a depthwise conv with 'same' zero padding, an affine LayerNorm, the erf GELU."""
-        if x.dtype != torch.float32 or self.act.approximate != "none":
-            return None
         dw, norm = self.dw, self.norm
         if not (
             is_plain(dw, nn.Conv2d) and is_plain(norm, nn.LayerNorm) and is_plain(self.act, nn.GELU)
         ):
+            return None
+        if x.dtype != torch.float32 or self.act.approximate != "none":
             return None
         k = dw.kernel_size[0]
         same = dw.kernel_size == (k, k) and k % 2 == 1 and dw.padding == (k // 2, k // 2)

@@ -85,7 +85,7 @@ def _compiler() -> str:
     cc = os.environ.get("CC") or "cc"
     path = shutil.which(cc)
     if path is None:
-        raise RuntimeError(f"no C compiler: {cc!r} is not on PATH (set CC)")
+        raise RuntimeError(f"no C compiler: {cc!r} is not an executable on PATH (set CC)")
     return path
 
 
@@ -117,9 +117,12 @@ def _build(name: str) -> Path:
             out = Path(tmp) / f"{name}.so"
             cmd = [cc, *flags, *_COMMON, str(source), "-o", str(out), "-lm"]
             run = subprocess.run(cmd, capture_output=True, text=True)
-            if run.returncode == 0:
+            if run.returncode == 0 and out.is_file():
                 with atomic_path(target, suffix=".so") as tmp_target:
                     shutil.copyfile(out, tmp_target)
                 return target
-            errors.append(f"{' '.join(flags)}: {run.stderr.strip().splitlines()[-1:]}")
+            last = run.stderr.strip().splitlines()[-1:] or [f"exit status {run.returncode}"]
+            if run.returncode == 0:
+                last = ["exited 0 without writing the library"]
+            errors.append(f"{' '.join(flags)}: {last[0]}")
     raise RuntimeError(f"{name}.c did not compile with {cc}: " + "; ".join(errors))

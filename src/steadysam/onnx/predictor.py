@@ -18,13 +18,13 @@ import hashlib
 import os
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..datafiles import to_rgb
+from ..interaction import Interaction, InteractionState
 from ..modes import MODES
 from .frame import NpFrame, focus_box, focus_grid
 from .sidecar import OnnxFolderError, read_folder
@@ -357,20 +357,12 @@ def _check_box(b: np.ndarray, size: tuple[int, int], inclusive: bool) -> None:
         raise ValueError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies outside the {W} x {H} image")
 
 
-@dataclass
-class _State:
-    clicks: tuple[tuple[float, float, bool], ...] = ()
-    box: tuple[float, float, float, float] | None = None
-    logits: np.ndarray | None = None  # 1 x 1 x h x w low-res logits of the last prediction
-    embedding: np.ndarray | None = None  # refined embedding, None before the refiner
-    mask: np.ndarray | None = None
-
-
-class OnnxObjectSession:
+class OnnxObjectSession(Interaction):
     """One object's interaction (``steadysam.ObjectSession``): ``click`` / ``set_box`` return
     the H x W bool mask, ``undo`` restores the previous state exactly."""
 
     def __init__(self, predictor: OnnxPredictor, mode: str, refine_at: int | None) -> None:
+        super().__init__()
         self.predictor = predictor
         self.frame = predictor._require_frame()
         self.features = predictor._require_features()
@@ -378,52 +370,13 @@ class OnnxObjectSession:
         self.mode = mode
         self.refine_at = refine_at if predictor.has_refiner else None
         self.timings = {"decoder": 0.0, "refiner": 0.0}
-        self._history: list[_State] = [_State()]
 
-    @property
-    def _state(self) -> _State:
-        return self._history[-1]
-
-    @property
-    def clicks(self) -> list[tuple[float, float, bool]]:
-        return list(self._state.clicks)
-
-    @property
-    def box(self) -> tuple[float, float, float, float] | None:
-        return self._state.box
-
-    @property
-    def logits(self) -> np.ndarray | None:
-        return self._state.logits
-
-    @property
-    def mask(self) -> np.ndarray | None:
-        return self._state.mask
-
-    @property
-    def refined(self) -> bool:
-        return self._state.embedding is not None
-
-    def click(self, x: float, y: float, positive: bool = True) -> np.ndarray:
-        """Add a click at (x, y) in original pixels, 0 <= x < W and 0 <= y < H."""
+    def _check_click(self, x: float, y: float) -> None:
         _check_point(x, y, self.frame.original_size, "click")
-        clicks = self._state.clicks + ((float(x), float(y), bool(positive)),)
-        return self._predict(clicks, self._state.box)
 
-    def set_box(self, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
-        """Set (or replace) the box prompt (x0, y0, x1, y1), x1 > x0 and y1 > y0."""
+    def _check_box(self, x0: float, y0: float, x1: float, y1: float) -> None:
         b = np.array([x0, y0, x1, y1], dtype=np.float64)
         _check_box(b, self.frame.original_size, inclusive=False)
-        return self._predict(self._state.clicks, (float(x0), float(y0), float(x1), float(y1)))
-
-    def undo(self) -> np.ndarray | None:
-        """Remove the last interaction; returns the mask before it (None when back at start)."""
-        if len(self._history) > 1:
-            self._history.pop()
-        return self._state.mask
-
-    def reset(self) -> None:
-        self._history = [_State()]
 
     def _predict(
         self, clicks: tuple[tuple[float, float, bool], ...], box: tuple[float, ...] | None
@@ -454,5 +407,5 @@ class OnnxObjectSession:
         low_res = np.ascontiguousarray(low_res)
         mask = p.frame.logits_to_original(low_res[0, 0]) > p.mask_threshold
         self.timings["decoder"] += time.perf_counter() - start
-        self._history.append(_State(clicks, box, low_res, embedding, mask))
+        self._history.append(InteractionState(clicks, box, low_res, embedding, mask))
         return mask
